@@ -1,0 +1,124 @@
+"""Checkpoints for use (not for resume): a folder of safetensors files plus the resolved config.
+
+    CKPT/config.yaml          the full resolved Config (videodit.config)
+    CKPT/dit.safetensors      DiT weights (EMA weights when exported from training)
+    CKPT/vae.safetensors      VAE weights
+    CKPT/text_encoder/        the T5 encoder (save_pretrained: config.json + model.safetensors)
+
+Nothing is ever unpickled: weights are safetensors and the config is YAML read with safe_load.
+Every write goes to a temporary name first and is renamed into place, so a crash leaves no half file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from videodit.config import Config, ConfigError, load_config, save_config
+
+
+class CheckpointError(FileNotFoundError):
+    """A checkpoint folder that is missing, unreadable or incomplete; the message says what to do."""
+
+
+def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_module(module: nn.Module, path: str | Path) -> None:
+    atomic_save_state(module.state_dict(), path)
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file '{path}' not found")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises several types for corrupt headers
+        raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}); re-export the checkpoint") from e
+
+
+def load_into(module: nn.Module, path: str | Path) -> nn.Module:
+    state = load_state(path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"'{path}' does not match the model built from its config.yaml "
+            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
+        )
+    return module
+
+
+def read_config(folder: str | Path) -> Config:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder '{folder}' not found; pass --checkpoint DIR holding config.yaml")
+    try:
+        return load_config(folder / "config.yaml")
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint '{folder}' has no valid config.yaml: {e}") from e
+
+
+def write_config(cfg: Config, folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".yaml.tmp")
+    os.close(fd)
+    save_config(cfg, tmp)
+    os.replace(tmp, folder / "config.yaml")
+
+
+def save_text_encoder(text_encoder: nn.Module, folder: str | Path) -> None:
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".text_encoder."))
+    try:
+        text_encoder.save_pretrained(tmp)
+        final = folder / "text_encoder"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def load_text_encoder(folder: str | Path, cfg: Config | None = None):
+    from videodit.text_encoder import TextEncoder
+
+    folder = Path(folder)
+    cfg = cfg or read_config(folder)
+    if (folder / "text_encoder").is_dir():
+        return TextEncoder.from_pretrained(folder / "text_encoder", cfg.text.max_length)
+    if cfg.text.pretrained:
+        return TextEncoder.from_pretrained(cfg.text.pretrained, cfg.text.max_length)
+    raise CheckpointError(f"checkpoint '{folder}' has no text_encoder/ folder and its config names no pretrained T5")
+
+
+def load_vae(folder: str | Path, cfg: Config | None = None):
+    from videodit.vae import VideoVAE
+
+    cfg = cfg or read_config(folder)
+    return load_into(VideoVAE(cfg.vae), Path(folder) / "vae.safetensors").eval()
+
+
+def load_dit(folder: str | Path, cfg: Config | None = None):
+    from videodit.dit import DiT
+
+    cfg = cfg or read_config(folder)
+    return load_into(DiT(cfg.model), Path(folder) / "dit.safetensors").eval()

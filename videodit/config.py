@@ -1,0 +1,326 @@
+"""Typed configuration: dataclasses are the single source of defaults.
+
+A run is described by one `Config`. YAML files under `configs/` hold overrides of the defaults, and
+dotted command-line flags (`--model.depth 4`) override the YAML. Size presets are plain dicts that a
+`preset` key expands before any explicit key is applied. Unknown keys and wrong types fail loudly,
+naming the key (nanoGPT's configurator, made strict and typed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message names the key and what to do."""
+
+
+@dataclass
+class DiTConfig:
+    preset: str = "tiny"
+    in_channels: int = 16  # latent channels of the VAE
+    patch: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw) in latent units
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 64  # width of the text encoder's embeddings
+    chunk_frames: int = 2  # latent frames (after patchify) per causal chunk of temporal attention
+    rope_theta: float = 10000.0
+    qk_norm: bool = True
+
+
+DIT_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden=128, depth=4, heads=4),
+    "small": dict(hidden=384, depth=12, heads=6),
+    "base": dict(hidden=768, depth=12, heads=12),
+    "xl": dict(hidden=1152, depth=28, heads=16),  # the DiT-XL / Latte-XL class
+}
+
+
+@dataclass
+class VAEConfig:
+    preset: str = "tiny"
+    latent_channels: int = 16
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 1
+    # loss weights (training)
+    kl_weight: float = 1e-6
+    ssim_weight: float = 0.2
+    gan_weight: float = 0.0  # 0 disables the patch-GAN term
+    gan_start_step: int = 2000
+
+
+VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(base_channels=32, channel_mults=(1, 2, 2, 4), num_res_blocks=1),
+    "small": dict(base_channels=64, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
+    "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
+}
+
+
+@dataclass
+class TextConfig:
+    pretrained: str = ""  # local folder or hub id of a T5 encoder; empty = the tiny built-in ByT5-style T5
+    max_length: int = 64
+    # the tiny built-in encoder (used when `pretrained` is empty)
+    tiny_d_model: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    tiny_d_ff: int = 128
+
+
+@dataclass
+class FlowConfig:
+    logit_mean: float = 0.0  # logit-normal sampling of t (SD3, Esser et al. 2024)
+    logit_std: float = 1.0
+    shift_base_tokens: int = 256  # the timestep shift is sqrt(tokens / base), clamped to [1, shift_max]
+    shift_max: float = 3.0
+    per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
+    text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # folder of cached latent shards (fast path)
+    manifest: str = ""  # clips manifest (JSONL) decoded on the fly
+    frames: int = 17  # video frames per training clip (1 + 4k)
+    size: int = 64  # square frame size in pixels
+    fps: int = 8
+    batch_size: int = 4  # global batch (all ranks, one optimizer step, before accumulation)
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    task: str = "dit"  # "dit" or "vae"
+    out_dir: str = "runs/default"
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
+    activation_checkpointing: bool = False
+    zero_stage: int = 0  # 0 = plain DDP-style data parallel; 1, 2, 3 = DeepSpeed ZeRO
+    offload_optimizer: bool = False
+    nan_policy: str = "stop"  # "stop" or "skip"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    sample_every: int = 0  # 0 disables sample videos during training
+    keep_checkpoints: int = 2
+    wandb: str = "offline"  # "online", "offline" or "disabled"
+    wandb_project: str = "videodit"
+
+
+@dataclass
+class Config:
+    model: DiTConfig = field(default_factory=DiTConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"model": DIT_PRESETS, "vae": VAE_PRESETS}
+
+
+# ----------------------------------------------------------------------------------------------------
+# building configs from dicts, YAML and dotted overrides
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting the harmless cases (list -> tuple, int -> float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if value is None:
+            return ""
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) == len(args):
+                return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    elif origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key '{key}' expects {name}, got {value!r} ({type(value).__name__})")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj: Any, updates: dict[str, Any], prefix: str) -> None:
+    hints = _hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{full}' is a section; give it a mapping, got {value!r}")
+            _apply(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        parts = dotted.split(".")
+        d = out
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"config key '{dotted}' conflicts with a value given for '{p}'")
+        d[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Build a Config from a (possibly partial) nested dict; presets expand before explicit keys."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    cfg = Config()
+    d = dict(d)
+    for section, presets in PRESETS.items():
+        sec = d.get(section)
+        if isinstance(sec, dict) and "preset" in sec:
+            name = sec["preset"]
+            if name not in presets:
+                raise ConfigError(
+                    f"unknown preset '{name}' for '{section}.preset'; choose one of {', '.join(presets)}"
+                )
+            d[section] = {**presets[name], **sec}
+    _apply(cfg, d, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested dict (tuples as lists) that YAML/JSON can hold and `from_dict` reads back."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`['--model.depth', '4', '--train.lr=3e-4']` -> `{'model.depth': 4, 'train.lr': 3e-4}` (YAML-typed values)."""
+    flat: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or "." not in a.split("=")[0]:
+            raise ConfigError(
+                f"unrecognised argument '{a}'; config overrides look like --section.key VALUE (e.g. --model.depth 4)"
+            )
+        if "=" in a:
+            key, raw = a[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override '{a}' needs a value, e.g. {a} 4")
+            key, raw = a[2:], args[i + 1]
+            i += 2
+        try:
+            flat[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            flat[key] = raw
+    return flat
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated."""
+    d: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pass an existing YAML file, e.g. configs/tiny.yaml")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections (model:, train:, ...)")
+    if overrides:
+        flat = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
+        d = _merge(d, _nest(flat))
+    return from_dict(d)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    m = cfg.model
+    if m.hidden % m.heads:
+        raise ConfigError(f"model.hidden ({m.hidden}) must be divisible by model.heads ({m.heads})")
+    if (m.hidden // m.heads) % 2:
+        raise ConfigError("model.hidden / model.heads must be even (rotary embeddings rotate pairs)")
+    if min(m.patch) < 1 or m.chunk_frames < 1 or m.depth < 1:
+        raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
+    if (cfg.data.frames - 1) % 4:
+        raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
+    if cfg.data.size % 8:
+        raise ConfigError(f"data.size must be a multiple of 8, got {cfg.data.size}")
+    t = cfg.train
+    if t.task not in ("dit", "vae"):
+        raise ConfigError(f"train.task must be 'dit' or 'vae', got '{t.task}'")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
+    if t.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.nan_policy not in ("stop", "skip"):
+        raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
+    if t.wandb not in ("online", "offline", "disabled"):
+        raise ConfigError(f"train.wandb must be online, offline or disabled, got '{t.wandb}'")
+    if t.steps < 1 or t.grad_accum < 1 or cfg.data.batch_size < 1:
+        raise ConfigError("train.steps, train.grad_accum and data.batch_size must be >= 1")

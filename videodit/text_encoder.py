@@ -1,0 +1,103 @@
+"""Frozen T5 text encoder (Raffel et al. 2020; Imagen showed a large frozen T5 is what prompt-following needs).
+
+`TextEncoder` wraps transformers' `T5EncoderModel` and its tokenizer: any T5 / T5 v1.1 / umT5 / ByT5 encoder
+loads from a local folder (or a hub id where the user has a network). With no pretrained path it builds a
+tiny T5 from a small `T5Config` with the byte-level ByT5 tokenizer, which needs no vocabulary file, so the
+whole pipeline runs offline; those weights are saved inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from videodit.config import TextConfig
+
+BYT5_VOCAB = 384  # 256 bytes + 3 special tokens, rounded up as in ByT5
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, model: nn.Module, tokenizer, max_length: int):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.d_model
+
+    @classmethod
+    def tiny(cls, cfg: TextConfig, seed: int = 0) -> TextEncoder:
+        from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+        t5cfg = T5Config(
+            vocab_size=BYT5_VOCAB,
+            d_model=cfg.tiny_d_model,
+            d_kv=cfg.tiny_d_model // cfg.tiny_heads,
+            d_ff=cfg.tiny_d_ff,
+            num_layers=cfg.tiny_layers,
+            num_heads=cfg.tiny_heads,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = T5EncoderModel(t5cfg)
+        return cls(model, ByT5Tokenizer(), cfg.max_length)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, max_length: int) -> TextEncoder:
+        from transformers import AutoTokenizer, ByT5Tokenizer, T5EncoderModel
+
+        path = str(path)
+        try:
+            model = T5EncoderModel.from_pretrained(path)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"could not load a T5 encoder from '{path}': give a local folder made by save_pretrained "
+                f"(config.json + weights) or a hub id with network access ({e})"
+            ) from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError):
+            if model.config.vocab_size != BYT5_VOCAB:
+                raise FileNotFoundError(f"no tokenizer files in '{path}' and the model is not byte-level") from None
+            tokenizer = ByT5Tokenizer()
+        return cls(model, tokenizer, max_length)
+
+    @classmethod
+    def from_config(cls, cfg: TextConfig) -> TextEncoder:
+        return cls.from_pretrained(cfg.pretrained, cfg.max_length) if cfg.pretrained else cls.tiny(cfg)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(str(path), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(path))
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        full = self.tokenizer(list(prompts), padding=True, truncation=False, return_tensors="pt")
+        if full.input_ids.shape[1] > self.max_length:
+            long = [p for p, n in zip(prompts, full.attention_mask.sum(1).tolist()) if n > self.max_length]
+            warnings.warn(
+                f"{len(long)} prompt(s) exceed text.max_length={self.max_length} tokens and were truncated: "
+                f"{long[0][:60]!r}...",
+                stacklevel=3,
+            )
+        enc = self.tokenizer(
+            list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return enc.input_ids, enc.attention_mask.bool()
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (emb (B, L, D), mask (B, L) bool). An empty prompt is the unconditional one."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        ids, mask = self.tokenize(prompts)
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        emb = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, D)
+        return emb * mask[..., None], mask

@@ -1,0 +1,78 @@
+"""Attention kernels and 3D rotary position embeddings (RoFormer, Su et al. 2021; axial 3D split as in
+Wan / Lumina / Latte-style video transformers).
+
+One function, `attention`, picks the kernel: torch SDPA always works (and itself dispatches to flash /
+memory-efficient / cuDNN kernels on CUDA); xformers is used when installed, on CUDA, for unmasked
+calls. Everything here is pure PyTorch with no required compiled extension.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@functools.lru_cache(maxsize=1)
+def _xformers_ops():
+    try:
+        import xformers.ops as xops  # optional GPU extra; never imported at module import time
+    except Exception:  # ImportError, or a broken build on this machine
+        return None
+    return xops
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """q (B, heads, N, Dh), k/v (B, heads, M, Dh), mask broadcastable to (B, heads, N, M), True = attend."""
+    if mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        xops = _xformers_ops()
+        if xops is not None:
+            # xformers wants (B, N, heads, Dh)
+            out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def rope_frequencies(head_dim: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Split the rotated pairs of a head over (t, h, w): time gets the remainder after two equal spatial shares."""
+    pairs = head_dim // 2
+    n_hw = pairs // 3
+    n_t = pairs - 2 * n_hw
+
+    def freqs(n: int) -> Tensor:
+        return 1.0 / theta ** (torch.arange(n, dtype=torch.float64) / max(n, 1))
+
+    return freqs(n_t), freqs(n_hw), freqs(n_hw)
+
+
+def rope_angles(
+    t_pos: Tensor, h_pos: Tensor, w_pos: Tensor, head_dim: int, theta: float
+) -> Tensor:
+    """Angles (T, S, head_dim // 2) for a grid of T frames × S = len(h_pos) spatial positions."""
+    ft, fh, fw = rope_frequencies(head_dim, theta)
+    T, S = t_pos.numel(), h_pos.numel()
+    at = t_pos.double()[:, None] * ft  # (T, n_t)
+    ah = h_pos.double()[:, None] * fh  # (S, n_hw)
+    aw = w_pos.double()[:, None] * fw  # (S, n_hw)
+    return torch.cat(
+        [at[:, None, :].expand(T, S, -1), ah[None].expand(T, S, -1), aw[None].expand(T, S, -1)], dim=-1
+    ).float()  # (T, S, head_dim // 2)
+
+
+def grid_angles(t_pos: Tensor, H: int, W: int, head_dim: int, theta: float) -> Tensor:
+    hh, ww = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    return rope_angles(t_pos, hh.flatten(), ww.flatten(), head_dim, theta)
+
+
+def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs of x (..., N, Dh) by angles (N, Dh // 2) (broadcast over leading axes).
+
+    Computed in fp32 (explicit .float()) because rotating bf16 values loses the relative-offset property.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))  # (..., N, Dh/2, 2)
+    cos, sin = angles.cos(), angles.sin()
+    x0, x1 = xf[..., 0], xf[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)

@@ -1,0 +1,247 @@
+"""Diffusion transformer over spacetime patches with factorized space/time attention.
+
+Follows DiT (Peebles & Xie 2023) for adaLN-Zero timestep modulation, PixArt-α (Chen et al. 2023) for one
+shared timestep projection plus per-block scale/shift/gate tables and text cross-attention, Latte (Ma et al.
+2024) for factorizing attention into space and time, and diffusion forcing (Chen et al. 2024) / CausVid
+(Yin et al. 2024) for per-frame timesteps and block-causal temporal attention, which let sampling proceed
+chunk by chunk with a cache of past keys and values.
+
+Each block: spatial self-attention within every frame -> temporal self-attention across frames at every
+spatial location (block-causal over chunks) -> cross-attention to the text -> MLP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from videodit.attention import apply_rope, attention, grid_angles, rope_angles
+from videodit.config import DiTConfig
+from videodit.patchify import check_divisible, patchify, unpatchify
+
+# Per block, the keys and values its temporal attention produced for one chunk: (k, v), each
+# (B S, heads, T_chunk, Dh), stored before the rotary embedding so they can be re-positioned in a window.
+BlockKV = tuple[Tensor, Tensor]
+ChunkKV = list[BlockKV]  # one BlockKV per block
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of t in [0, 1] (scaled by 1000 as in DiT): (...) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[..., None] * 1000.0 * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    """Fused-QKV multi-head self-attention with RMS QK-norm and rotary positions."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        head_dim = dim // heads
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        return self.q_norm(q), self.k_norm(k), v  # each (B, heads, N, Dh)
+
+    def out(self, o: Tensor) -> Tensor:
+        return self.proj(rearrange(o, "b h n d -> b n (h d)"))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        head_dim = dim // heads
+        self.q_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """x (B, N, D), text (B, L, D), text_mask (B, L) bool -> (B, N, D)."""
+        q = self.q_norm(rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads))
+        k, v = rearrange(self.kv(text), "b l (two h d) -> two b h l d", two=2, h=self.heads)
+        o = attention(q, self.k_norm(k), v, mask=text_mask[:, None, None, :])  # (B, heads, N, Dh)
+        return self.proj(rearrange(o, "b h n d -> b n (h d)"))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_s = SelfAttention(dim, heads, qk_norm)
+        self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn_t = SelfAttention(dim, heads, qk_norm)
+        self.norm_c = nn.LayerNorm(dim, eps=1e-6)
+        self.attn_c = CrossAttention(dim, heads, qk_norm)
+        self.norm_m = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        # per-block offsets added to the shared timestep projection: shift/scale/gate for space, time, MLP
+        self.table = nn.Parameter(torch.zeros(9, dim))
+
+    def forward(
+        self,
+        x: Tensor,
+        mod: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        rope_s: Tensor,
+        rope_t: Tensor,
+        time_mask: Tensor | None,
+        past: BlockKV,
+    ) -> tuple[Tensor, BlockKV]:
+        """x (B, T, S, D); mod (B, T, 9, D); rope_s (S, Dh/2); rope_t (Tp + T, Dh/2);
+        time_mask (T, Tp + T) bool or None for full attention; past (k, v) each (B S, heads, Tp, Dh)."""
+        B, T, S, D = x.shape
+        m = (mod + self.table)[:, :, None]  # (B, T, 1, 9, D)
+        shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = m.unbind(dim=3)
+
+        # spatial attention within each frame
+        h = self.norm_s(x) * (1 + scale_s) + shift_s
+        q, k, v = self.attn_s.qkv_heads(rearrange(h, "b t s d -> (b t) s d"))  # (B T, heads, S, Dh)
+        o = attention(apply_rope(q, rope_s), apply_rope(k, rope_s), v)
+        x = x + gate_s * rearrange(self.attn_s.out(o), "(b t) s d -> b t s d", b=B)
+
+        # temporal attention at each location, over the past context and this call's frames
+        h = self.norm_t(x) * (1 + scale_t) + shift_t
+        q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S, heads, T, Dh)
+        k_all, v_all = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        Tp = past[0].shape[2]
+        o = attention(apply_rope(q, rope_t[Tp:]), apply_rope(k_all, rope_t), v_all, mask=time_mask)
+        x = x + gate_t * rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B)
+
+        # cross-attention to the text (not modulated, as in PixArt-α)
+        h = rearrange(self.norm_c(x), "b t s d -> b (t s) d")
+        x = x + rearrange(self.attn_c(h, text, text_mask), "b (t s) d -> b t s d", t=T)
+
+        h = self.norm_m(x) * (1 + scale_m) + shift_m
+        x = x + gate_m * self.mlp(h)
+        return x, (k, v)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mod = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x (B, T, S, D), c (B, T, D) -> (B, T, S, out_dim)."""
+        shift, scale = self.mod(c)[:, :, None].chunk(2, dim=-1)
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden
+        pt, ph, pw = cfg.patch
+        self.patch_dim = cfg.in_channels * pt * ph * pw
+        self.x_embed = nn.Linear(self.patch_dim, D)
+        self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
+        self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(D, 9 * D))  # shared by all blocks
+        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.blocks = nn.ModuleList(DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
+        self.final = FinalLayer(D, self.patch_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def xavier(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(xavier)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        # adaLN-Zero: every shift/scale/gate starts at 0, so each block starts as the identity
+        nn.init.zeros_(self.t_mod[1].weight)
+        nn.init.zeros_(self.t_mod[1].bias)
+        for block in self.blocks:
+            nn.init.zeros_(block.table)
+        # the output starts at zero
+        nn.init.zeros_(self.final.mod[1].weight)
+        nn.init.zeros_(self.final.mod[1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def time_mask(self, T_past: int, T: int, device: torch.device) -> Tensor | None:
+        """Block-causal mask (T, T_past + T): frame i sees frame j iff chunk(j) <= chunk(i). None = all allowed."""
+        cf = self.cfg.chunk_frames // self.cfg.patch[0] or 1
+        q_chunk = torch.arange(T_past, T_past + T, device=device) // cf
+        k_chunk = torch.arange(T_past + T, device=device) // cf
+        mask = k_chunk[None, :] <= q_chunk[:, None]
+        return None if bool(mask.all()) else mask
+
+    def _run(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV]):
+        B, C, T_lat, H, W = x.shape
+        if C != self.cfg.in_channels:
+            raise ValueError(f"DiT expects {self.cfg.in_channels} latent channels, got {C}")
+        check_divisible(T_lat, H, W, self.cfg.patch)
+        pt = self.cfg.patch[0]
+        tokens = self.x_embed(patchify(x, self.cfg.patch))  # (B, T, S, D)
+        T, S = tokens.shape[1], tokens.shape[2]
+
+        if t.dim() == 1:
+            t = t[:, None].expand(B, T)
+        elif t.shape[1] == T_lat and pt > 1:
+            t = t[:, ::pt]  # one timestep per temporal patch
+        assert t.shape == (B, T), f"t must be (B,) or (B, T_latent), got {tuple(t.shape)}"
+        c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))  # (B, T, D)
+        mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
+        txt = self.text_embed(text)  # (B, L, D)
+
+        head_dim = self.cfg.hidden // self.cfg.heads
+        Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]
+        zero = torch.zeros(1)
+        rope_s = grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device)  # (S, Dh/2)
+        T_past = sum(ckv[0][0].shape[2] for ckv in context)
+        rope_t = rope_angles(
+            torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta
+        )[:, 0].to(x.device)  # (T_past + T, Dh/2): only the time pairs rotate
+        time_mask = self.time_mask(T_past, T, x.device)
+
+        new_kv: ChunkKV = []
+        for i, block in enumerate(self.blocks):
+            if context:
+                past = (torch.cat([ckv[i][0] for ckv in context], 2), torch.cat([ckv[i][1] for ckv in context], 2))
+            else:
+                empty = tokens.new_zeros(B * S, self.cfg.heads, 0, head_dim)
+                past = (empty, empty)
+            tokens, kv = block(tokens, mod, txt, text_mask, rope_s, rope_t, time_mask, past)
+            new_kv.append(kv)
+        out = self.final(tokens, c)  # (B, T, S, patch_dim)
+        return unpatchify(out, self.cfg.patch, H, W), new_kv  # (B, C, T_lat, H, W)
+
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """Velocity for the whole clip with block-causal temporal attention.
+
+        x (B, C, T, H, W) noisy latents; t (B,) or (B, T) per latent frame in [0, 1];
+        text (B, L, text_dim); text_mask (B, L) bool -> (B, C, T, H, W).
+        """
+        v, _ = self._run(x, t, text, text_mask, context=[])
+        return v
+
+    def forward_chunk(
+        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV]
+    ) -> tuple[Tensor, ChunkKV]:
+        """Velocity for one new chunk that attends to cached clean chunks (oldest first), and the chunk's own
+        keys/values to append to the cache once it is clean. Positions count from the first context frame,
+        so any window of past chunks (e.g. an anchor plus the most recent ones) is laid out contiguously."""
+        return self._run(x, t, text, text_mask, context=context)

@@ -1,0 +1,89 @@
+"""Rectified flow (Liu et al. 2022; Lipman et al. 2022) as used by SD3 (Esser et al. 2024).
+
+x_t = (1 - t) x_0 + t ε, and the network predicts the velocity ε - x_0. Training samples t from a
+logit-normal distribution and shifts it toward noise as the number of tokens grows (more tokens carry
+more redundant signal, so the same t destroys less information). With diffusion forcing, each causal
+chunk of latent frames draws its own t. Sampling integrates dx/dt = v from t = 1 to 0 with Euler or Heun
+steps, with classifier-free guidance. The network is only ever called as `model(x_t, t)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from videodit.config import FlowConfig
+
+VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t (B,) or (B, T)) -> v
+
+
+def timestep_shift(tokens: int, cfg: FlowConfig) -> float:
+    return min(max(math.sqrt(tokens / cfg.shift_base_tokens), 1.0), cfg.shift_max)
+
+
+def shift_t(t: Tensor, shift: float) -> Tensor:
+    """Map t in [0, 1] toward 1 (noise) by `shift` (SD3 eq. 23); shift = 1 is the identity."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def sample_t(
+    batch: int, frames: int, chunk_frames: int, tokens: int, cfg: FlowConfig, generator: torch.Generator | None
+) -> Tensor:
+    """Training timesteps (B, frames): one per sample, or one per causal chunk when cfg.per_chunk_t."""
+    n = math.ceil(frames / chunk_frames) if cfg.per_chunk_t else 1
+    u = torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean
+    t = shift_t(torch.sigmoid(u), timestep_shift(tokens, cfg))  # (B, n)
+    return t.repeat_interleave(chunk_frames if cfg.per_chunk_t else frames, dim=1)[:, :frames]
+
+
+def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """x_t for latents (B, C, T, H, W) and t (B,) or (B, T)."""
+    tt = t.view(t.shape[0], 1, -1, 1, 1) if t.dim() == 2 else t.view(-1, 1, 1, 1, 1)
+    return (1 - tt) * x0 + tt * noise
+
+
+def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+    """Mean squared error between the predicted and the true velocity ε - x_0."""
+    pred = model(interpolate(x0, noise, t), t)
+    return (pred.float() - (noise - x0).float()).pow(2).mean()
+
+
+def guided(cond: VelocityFn, uncond: VelocityFn, scale: float) -> VelocityFn:
+    """Classifier-free guidance (Ho & Salimans 2022): v_u + s (v_c - v_u). Scale 1 is the conditional field."""
+    if scale == 1.0:
+        return cond
+
+    def v(x: Tensor, t: Tensor) -> Tensor:
+        vu = uncond(x, t)
+        return vu + scale * (cond(x, t) - vu)
+
+    return v
+
+
+def schedule(steps: int, shift: float) -> list[float]:
+    """Decreasing times 1 -> 0 (steps + 1 values), spaced uniformly then shifted toward noise."""
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return shift_t(ts, shift).tolist()
+
+
+@torch.no_grad()
+def sample(velocity: VelocityFn, noise: Tensor, steps: int, shift: float = 1.0, method: str = "euler") -> Tensor:
+    """Integrate from pure noise (t = 1) to data (t = 0). method: 'euler' or 'heun' (2nd order)."""
+    if method not in ("euler", "heun"):
+        raise ValueError(f"unknown sampler '{method}'; choose 'euler' or 'heun'")
+    ts = schedule(steps, shift)
+    x = noise
+    B = noise.shape[0]
+    for t_cur, t_next in zip(ts[:-1], ts[1:]):
+        tc = torch.full((B,), t_cur, dtype=noise.dtype, device=noise.device)
+        v = velocity(x, tc)
+        x_euler = x + (t_next - t_cur) * v
+        if method == "heun" and t_next > 0:
+            tn = torch.full((B,), t_next, dtype=noise.dtype, device=noise.device)
+            x = x + (t_next - t_cur) * 0.5 * (v + velocity(x_euler, tn))
+        else:
+            x = x_euler
+    return x

@@ -85,10 +85,15 @@ class FlowConfig:
     shift_max: float = 3.0
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
+    latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
+    latent_shift: float = 0.0
 
 
 @dataclass
 class DataConfig:
+    source: str = "shapes"  # "shapes" (procedural, rendered on the fly), "manifest" (clips decoded on the fly), "shards"
+    num_clips: int = 1000  # size of the procedural dataset (source = shapes)
+    seed: int = 0  # procedural dataset seed
     shards: str = ""  # folder of cached latent shards (fast path)
     manifest: str = ""  # clips manifest (JSONL) decoded on the fly
     frames: int = 17  # video frames per training clip (1 + 4k)
@@ -101,6 +106,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     task: str = "dit"  # "dit" or "vae"
+    vae: str = ""  # checkpoint folder of a trained VAE (task dit): encodes clips on the fly, ships with the export
+    deepspeed: str = ""  # optional DeepSpeed JSON (configs/deepspeed/); batch, precision and clipping come from here
     out_dir: str = "runs/default"
     steps: int = 1000
     lr: float = 1e-4
@@ -312,6 +319,8 @@ def validate(cfg: Config) -> None:
     if cfg.data.size % 8:
         raise ConfigError(f"data.size must be a multiple of 8, got {cfg.data.size}")
     t = cfg.train
+    if cfg.data.source not in ("shapes", "manifest", "shards"):
+        raise ConfigError(f"data.source must be shapes, manifest or shards, got '{cfg.data.source}'")
     if t.task not in ("dit", "vae"):
         raise ConfigError(f"train.task must be 'dit' or 'vae', got '{t.task}'")
     if t.precision not in ("auto", "bf16", "fp32"):

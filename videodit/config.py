@@ -49,9 +49,10 @@ DIT_PRESETS: dict[str, dict[str, Any]] = {
 class VAEConfig:
     preset: str = "tiny"
     latent_channels: int = 16
-    base_channels: int = 32
-    channel_mults: tuple[int, ...] = (1, 2, 2, 4)
-    num_res_blocks: int = 1
+    base_channels: int = 16
+    channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # one stage per entry; a x2 spatial downsampling between stages
+    num_res_blocks: int = 1  # residual blocks per stage (encoder and decoder alike)
+    temporal_down: tuple[bool, ...] = (False, True, True)  # which downsamplings also halve time (as Wan 2.1)
     # loss weights (training)
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
@@ -60,9 +61,9 @@ class VAEConfig:
 
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(base_channels=32, channel_mults=(1, 2, 2, 4), num_res_blocks=1),
+    "tiny": dict(base_channels=16, channel_mults=(1, 2, 4, 4), num_res_blocks=1),  # ~2M params, CPU
     "small": dict(base_channels=64, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
-    "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
+    "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),  # Wan 2.1 VAE class
 }
 
 
@@ -163,6 +164,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

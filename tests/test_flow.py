@@ -39,7 +39,7 @@ def test_cfg_scale_one_is_conditional_and_scale_extrapolates():
 
 
 def test_sample_t_per_chunk_and_shift():
-    cfg = FlowConfig(per_chunk_t=True)
+    cfg = FlowConfig(per_chunk_t=True, clean_context_prob=0.0)
     g = torch.Generator().manual_seed(0)
     t = sample_t(4, 7, 2, tokens=256, cfg=cfg, generator=g)
     assert t.shape == (4, 7) and (t > 0).all() and (t < 1).all()
@@ -51,6 +51,10 @@ def test_sample_t_per_chunk_and_shift():
     assert timestep_shift(10**9, cfg) == cfg.shift_max
     big = sample_t(20000, 1, 1, 256 * 4, cfg, g)
     assert big.mean() > 0.6  # shifted toward noise
+    forced = sample_t(2000, 7, 2, 256, FlowConfig(clean_context_prob=0.5), g)
+    clean = forced == 0
+    assert 0.4 < clean[:, 0].float().mean() < 0.6 and not clean[:, -1].any()  # a clean prefix, never all
+    assert (clean[:, 1:] <= clean[:, :-1]).all()  # only a prefix is clean
     ts = schedule(10, 2.0)
     assert ts[0] == 1.0 and ts[-1] == 0.0 and all(a > b for a, b in zip(ts, ts[1:]))
 
@@ -61,3 +65,6 @@ def test_interpolation_and_loss_target():
     xt = interpolate(x0, noise, t)
     assert torch.equal(xt[0, :, 0], x0[0, :, 0]) and torch.equal(xt[0, :, 2], noise[0, :, 2])
     assert flow_loss(lambda x, tt: noise - x0, x0, t, noise) == 0
+    # clean frames (t = 0) are left out of the loss
+    wrong_on_clean = lambda x, tt: (noise - x0) + (tt == 0).float().view(2, 1, 3, 1, 1)
+    assert flow_loss(wrong_on_clean, x0, t, noise) == 0

@@ -85,6 +85,8 @@ class FlowConfig:
     shift_base_tokens: int = 256  # the timestep shift is sqrt(tokens / base), clamped to [1, shift_max]
     shift_max: float = 3.0
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
+    clean_context_prob: float = 0.5  # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0),
+    # the context the model sees when sampling chunk by chunk
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
     latent_shift: float = 0.0
@@ -134,6 +136,15 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    steps: int = 12
+    cfg_scale: float = 3.0
+    sampler: str = "euler"  # "euler" or "heun"
+    window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
+    max_seconds: float = 600.0
+
+
+@dataclass
 class Config:
     model: DiTConfig = field(default_factory=DiTConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
@@ -141,6 +152,7 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {"model": DIT_PRESETS, "vae": VAE_PRESETS}

@@ -36,6 +36,11 @@ def sample_t(
     n = math.ceil(frames / chunk_frames) if cfg.per_chunk_t else 1
     u = torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean
     t = shift_t(torch.sigmoid(u), timestep_shift(tokens, cfg))  # (B, n)
+    if cfg.per_chunk_t and n > 1:
+        # teacher forcing: a clean prefix of 1 .. n-1 chunks, as when continuing a video from its past
+        clean = torch.rand(batch, generator=generator) < cfg.clean_context_prob
+        prefix = torch.randint(1, n, (batch,), generator=generator) * clean  # (B,), 0 = no clean prefix
+        t = torch.where(torch.arange(n)[None] < prefix[:, None], torch.zeros_like(t), t)
     return t.repeat_interleave(chunk_frames if cfg.per_chunk_t else frames, dim=1)[:, :frames]
 
 
@@ -46,9 +51,14 @@ def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 
 
 def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """Mean squared error between the predicted and the true velocity ε - x_0."""
+    """Mean squared error between the predicted and the true velocity ε - x_0, over the frames with t > 0
+    (a clean context frame carries no noise to predict)."""
     pred = model(interpolate(x0, noise, t), t)
-    return (pred.float() - (noise - x0).float()).pow(2).mean()
+    err = (pred.float() - (noise - x0).float()).pow(2)  # (B, C, T, H, W)
+    if t.dim() == 1:
+        return err.mean()
+    w = (t > 0).float().view(t.shape[0], 1, -1, 1, 1).expand_as(err)
+    return (err * w).sum() / w.sum().clamp_min(1.0)
 
 
 def guided(cond: VelocityFn, uncond: VelocityFn, scale: float) -> VelocityFn:

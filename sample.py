@@ -1,0 +1,99 @@
+"""Generate a video from text, chunk by chunk, into an mp4.
+
+    python sample.py --prompt "a red circle moving to the right" --seconds 60
+    python sample.py --prompt "a blue square moving up" --prompt "a blue square moving down" --at 0 --at 5 \
+        --seconds 10 --preview sheet.png
+
+With no --checkpoint it uses the tiny model shipped in checkpoints/tiny (trained on the procedural shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="videodit: text to video, chunk by chunk, in constant memory")
+    p.add_argument("--prompt", action="append", required=True, help="text prompt; repeat with --at to change it")
+    p.add_argument("--at", action="append", type=float, help="start time (s) of each --prompt (first is 0)")
+    p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--fps", type=int, default=0, help="default: the checkpoint's")
+    p.add_argument("--size", type=int, default=0, help="square frame size in pixels; default: the checkpoint's")
+    p.add_argument("--steps", type=int, default=0, help="sampling steps per chunk; default: the checkpoint's")
+    p.add_argument("--cfg", type=float, default=-1.0, help="classifier-free guidance scale; default: checkpoint's")
+    p.add_argument("--sampler", choices=["euler", "heun"], default="")
+    p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
+    p.add_argument("--out", default="outputs/sample.mp4")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--preview", default="", help="also save a PNG contact sheet of 16 frames here")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
+    return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_output(path: Path) -> None:
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must end in .mp4, got '{path}'")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder '{parent}': {e.strerror}") from e
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write '{path}': choose a writable --out")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from videodit.checkpoint import CheckpointError
+    from videodit.config import ConfigError
+    from videodit.generate import GenerateError, Pipeline, Request, generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    try:
+        at = args.at if args.at else [0.0] * len(args.prompt)
+        if len(args.prompt) == 1 and not args.at:
+            at = [0.0]
+        req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
+                      fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
+                      window_chunks=args.window, seed=args.seed)
+        check_output(out)
+        if not Path(args.checkpoint).is_dir():
+            raise CheckpointError(
+                f"checkpoint '{args.checkpoint}' not found. The shipped model lives in checkpoints/tiny of the "
+                f"repository; train your own with train.py (see README) and pass --checkpoint DIR"
+            )
+        t0 = time.time()
+        pipe = Pipeline.load(args.checkpoint, device=args.device)
+        req = pipe.resolve(req)
+        n, _ = pipe.frame_count(req)
+        print(f"generating {n} frames ({req.seconds:g} s at {req.fps} fps, {req.size}x{req.size}) "
+              f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}, seed {req.seed}")
+        generate(pipe, req, out, preview=args.preview or None, progress=True)
+        print(f"wrote {out} in {time.time() - t0:.1f} s" + (f"; preview {args.preview}" if args.preview else ""))
+        return 0
+    except (GenerateError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

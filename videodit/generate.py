@@ -1,0 +1,206 @@
+"""Minute-long generation chunk by chunk in constant memory (diffusion forcing, Chen et al. 2024;
+CausVid, Yin et al. 2024; rolling KV cache as in Self-Forcing, Huang et al. 2025).
+
+The latent video is split into causal chunks of `model.chunk_frames` latent frames. Each new chunk starts
+from noise and is denoised while its temporal attention reads the cached keys/values of an anchor (the first
+chunk) and a rolling window of the most recent clean chunks. When it is clean, one more pass at t = 0 writes
+its own keys/values to the cache, the streaming VAE decodes it, and its frames go straight to the mp4. Memory
+is bounded by the window, and time grows linearly with length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from videodit.checkpoint import load_dit, load_text_encoder, load_vae, read_config
+from videodit.config import Config
+from videodit.dit import ChunkKV
+from videodit.flow import sample, timestep_shift
+
+
+class GenerateError(ValueError):
+    """A request the checkpoint cannot serve (length, size, prompt); the message says what to do."""
+
+
+@dataclass
+class Request:
+    prompts: list[str]
+    at: list[float]  # start time in seconds of each prompt; at[0] == 0
+    seconds: float
+    negative_prompt: str = ""
+    fps: int = 0  # 0 = the checkpoint's
+    size: int = 0  # 0 = the checkpoint's
+    steps: int = 0  # 0 = the checkpoint's sample.steps
+    cfg_scale: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale
+    sampler: str = ""
+    window_chunks: int = -1
+    seed: int = 0
+
+
+class Pipeline:
+    def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device):
+        self.cfg = cfg
+        self.dit = dit.to(device).eval()
+        self.vae = vae.to(device).eval()
+        self.text_encoder = text_encoder.to(device).eval()
+        self.device = device
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+        cfg = read_config(folder)
+        dit, vae, text_encoder = load_dit(folder, cfg), load_vae(folder, cfg), load_text_encoder(folder, cfg)
+        return cls(cfg, dit, vae, text_encoder, torch.device(device))
+
+    # ---- request checks
+    def resolve(self, req: Request) -> Request:
+        c, s = self.cfg, self.cfg.sample
+        r = Request(**vars(req))
+        r.fps = r.fps or c.data.fps
+        r.size = r.size or c.data.size
+        r.steps = r.steps or s.steps
+        r.cfg_scale = s.cfg_scale if r.cfg_scale < 0 else r.cfg_scale
+        r.sampler = r.sampler or s.sampler
+        r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
+        if not (0 < r.seconds <= s.max_seconds):
+            raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {r.seconds:g}")
+        if not r.prompts or any(not p.strip() for p in r.prompts):
+            raise GenerateError("every --prompt must be non-empty text (use --negative-prompt for what to avoid)")
+        if len(r.at) != len(r.prompts) or r.at[0] != 0 or any(b <= a for a, b in zip(r.at, r.at[1:])):
+            raise GenerateError("--at must give one increasing start time per prompt, the first being 0")
+        if r.fps != c.data.fps:
+            raise GenerateError(f"this checkpoint was trained at {c.data.fps} fps; use --fps {c.data.fps}")
+        unit = 8 * c.model.patch[1]
+        if r.size % unit or not (unit * 2 <= r.size <= 4 * c.data.size):
+            raise GenerateError(
+                f"--size must be a multiple of {unit} between {unit * 2} and {4 * c.data.size} for this "
+                f"checkpoint (trained at {c.data.size})"
+            )
+        if r.steps < 1:
+            raise GenerateError("--steps must be >= 1")
+        if r.sampler not in ("euler", "heun"):
+            raise GenerateError(f"--sampler must be euler or heun, got '{r.sampler}'")
+        return r
+
+    def frame_count(self, req: Request) -> tuple[int, int]:
+        """(video frames to write, latent frames to generate): latents cover 1 + 4k >= the frames."""
+        n = max(1, round(req.seconds * req.fps))
+        return n, 1 + math.ceil((n - 1) / 4)
+
+    @torch.no_grad()
+    def encode_prompts(self, req: Request) -> list[tuple[Tensor, Tensor]]:
+        """Per prompt: (emb, mask) batched as [prompt, negative] (or [prompt] without guidance)."""
+        out = []
+        for p in req.prompts:
+            texts = [p, req.negative_prompt] if req.cfg_scale != 1.0 else [p]
+            emb, mask = self.text_encoder(texts)
+            out.append((emb.to(self.device), mask.to(self.device)))
+        return out
+
+    # ---- the latent chunks
+    @torch.no_grad()
+    def latent_chunks(self, req: Request) -> Iterator[Tensor]:
+        """Yield each finished chunk of VAE latents (1, C, Tc, h, w), in order."""
+        req = self.resolve(req)
+        cfg = self.cfg
+        _, T_lat = self.frame_count(req)
+        cf = cfg.model.chunk_frames
+        h = w = req.size // 8
+        C = cfg.model.in_channels
+        texts = self.encode_prompts(req)
+        g = torch.Generator().manual_seed(req.seed)
+        lat_train = 1 + (cfg.data.frames - 1) // 4
+        tokens = lat_train * (cfg.data.size // 8 // cfg.model.patch[1]) * (cfg.data.size // 8 // cfg.model.patch[2])
+        shift = timestep_shift(tokens, cfg.flow)
+        anchor: ChunkKV | None = None
+        recent: list[ChunkKV] = []
+        for start in range(0, T_lat, cf):
+            Tc = min(cf, T_lat - start)
+            frame0 = 0 if start == 0 else 1 + 4 * (start - 1)
+            which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
+            emb, mask = texts[which]
+            nb = emb.shape[0]
+            context = ([anchor] if anchor is not None else []) + recent
+
+            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb) -> Tensor:
+                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), t.repeat(nb), emb, mask, context)
+                if nb == 1:
+                    return v
+                vc, vu = v.chunk(2)
+                return vu + req.cfg_scale * (vc - vu)
+
+            noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
+            z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
+            zero = torch.zeros(nb, device=self.device)
+            _, kv = self.dit.forward_chunk(z.repeat(nb, 1, 1, 1, 1), zero, emb, mask, context)
+            if anchor is None:
+                anchor = kv
+            else:
+                recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []
+            yield z / cfg.flow.latent_scale + cfg.flow.latent_shift
+
+    @torch.no_grad()
+    def frames(self, req: Request) -> Iterator[np.ndarray]:
+        """Yield uint8 frames (t, H, W, 3) chunk by chunk; exactly seconds × fps frames in all."""
+        n, _ = self.frame_count(self.resolve(req))
+        cache = self.vae.init_cache()
+        written = 0
+        for z in self.latent_chunks(req):
+            x, cache = self.vae.decode(z.to(self.device), cache)  # (1, 3, t, H, W) in [-1, 1]
+            x = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+            x = x[: n - written]
+            written += len(x)
+            if len(x):
+                yield x
+
+
+def contact_sheet(frames: list[np.ndarray], columns: int = 8) -> np.ndarray:
+    rows = math.ceil(len(frames) / columns)
+    H, W = frames[0].shape[:2]
+    sheet = np.zeros((rows * H, columns * W, 3), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, columns)
+        sheet[r * H : (r + 1) * H, c * W : (c + 1) * W] = f
+    return sheet
+
+
+def generate(
+    pipeline: Pipeline, req: Request, out: str | Path, preview: str | Path | None = None, progress: bool = False
+) -> Path:
+    """Write the mp4 (atomically: it appears only when complete) and optionally a PNG contact sheet."""
+    from videodit.data.video_io import VideoWriter
+
+    req = pipeline.resolve(req)
+    n, T_lat = pipeline.frame_count(req)
+    chunks = math.ceil(T_lat / pipeline.cfg.model.chunk_frames)
+    picks = set(np.linspace(0, n - 1, 16).round().astype(int).tolist())
+    kept: list[np.ndarray] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=chunks, unit="chunk", desc=f"{req.seconds:g}s @ {req.fps}fps, {req.steps} steps")
+    seen = 0
+    with VideoWriter(out, fps=req.fps) as writer:
+        for x in pipeline.frames(req):
+            writer.write(x)
+            kept += [x[i - seen] for i in sorted(picks) if seen <= i < seen + len(x)]
+            seen += len(x)
+            if bar:
+                bar.update(1)
+    if bar:
+        bar.close()
+    if preview:
+        from PIL import Image
+
+        p = Path(preview)
+        tmp = p.with_name(f".{p.name}.tmp.png")
+        Image.fromarray(contact_sheet(kept)).save(tmp)
+        tmp.replace(p)
+    return Path(out)

@@ -1,0 +1,125 @@
+import json
+
+import pytest
+import torch
+
+from videodit import vae as vae_mod
+from videodit.checkpoint import save_module, save_text_encoder, write_config
+from videodit.config import Config, VAEConfig
+from videodit.data.cache import cache
+from videodit.data.cli import main as data_main
+from videodit.data.datasets import BucketBatchSampler, ShardDataset, collate, load_window
+from videodit.data.prep import read_manifest
+from videodit.data.shapes import generate
+from videodit.text_encoder import TextEncoder
+from videodit.vae import VideoVAE, encode_video
+
+KW = dict(frames=[5], size=32, fps=8, shard_size=4, batch_size=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    manifest = generate(root / "clips", num=7, seconds=None, fps=8, size=32, seed=0, frames=10, progress=False)
+    cfg = Config()
+    cfg.vae = VAEConfig(base_channels=8, channel_mults=(1, 1, 1, 1), latent_channels=4)
+    ckpt = root / "ckpt"
+    write_config(cfg, ckpt)
+    torch.manual_seed(0)
+    save_module(VideoVAE(cfg.vae), ckpt / "vae.safetensors")
+    save_text_encoder(TextEncoder.tiny(cfg.text), ckpt)
+    full = root / "full"
+    summary = cache(manifest, ckpt, full, **KW)
+    return root, manifest, ckpt, full, summary
+
+
+def files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+def test_uninterrupted_run(setup):
+    _, _, _, full, summary = setup
+    # 7 clips x 2 windows of 5 frames = 14 samples in shards of 4
+    assert summary == dict(planned=4, mine=4, skipped=0, encoded=4, too_short=0, index=True)
+    index = json.loads((full / "index.json").read_text())
+    assert [s["num"] for s in index["shards"]] == [4, 4, 4, 2] and index["num"] == 14
+    assert not list(full.glob(".*"))  # no temporary files left
+
+
+def test_interrupted_run_resumes_to_identical_shards(setup, monkeypatch):
+    root, manifest, ckpt, full, _ = setup
+    out = root / "interrupted"
+    first = cache(manifest, ckpt, out, max_shards=1, **KW)  # stops after one shard
+    assert first["encoded"] == 1 and first["index"] is False and not (out / "index.json").exists()
+
+    calls = {"n": 0}
+
+    def failing_encode(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # dies in the middle of the second shard of this run
+        return encode_video(*args, **kwargs)
+
+    monkeypatch.setattr(vae_mod, "encode_video", failing_encode)
+    with pytest.raises(KeyboardInterrupt):
+        cache(manifest, ckpt, out, **KW)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-5x32x32-00000.safetensors",
+                                                          "shard-5x32x32-00001.safetensors"]  # fmt: skip
+    assert not list(out.glob(".*"))
+    resumed = cache(manifest, ckpt, out, **KW)
+    assert resumed["skipped"] == 2 and resumed["encoded"] == 2 and resumed["index"]
+    assert files(out) == files(full)
+
+
+def test_rank_split(setup, monkeypatch):
+    root, manifest, ckpt, full, _ = setup
+    out = root / "ranks"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    one = cache(manifest, ckpt, out, **KW)  # torchrun-style environment
+    assert (one["mine"], one["encoded"], one["index"]) == (2, 2, False)
+    zero = cache(manifest, ckpt, out, rank=0, world_size=2, **KW)
+    assert (zero["mine"], zero["encoded"], zero["index"]) == (2, 2, True)
+    assert files(out) == files(full)
+
+
+def test_shard_dataset_reads_back(setup):
+    _, manifest, ckpt, full, _ = setup
+    ds = ShardDataset(full)
+    rows = read_manifest(manifest)
+    assert len(ds) == 14 and set(ds.shapes) == {(2, 4, 4)}
+    item = ds[5]  # clip 2, second window
+    assert item["latents"].shape == (4, 2, 4, 4) and item["latents"].dtype == torch.float32
+    assert item["caption"] == rows[2]["caption"]
+    n = item["text_mask"].sum().item()
+    assert item["text_mask"].all() and item["text_emb"].shape == (n, 64)
+    vae = VideoVAE(VAEConfig(base_channels=8, channel_mults=(1, 1, 1, 1), latent_channels=4))
+    from videodit.checkpoint import load_vae
+
+    vae = load_vae(ckpt)
+    expected = encode_video(vae, load_window(rows[2], 5 / 8, 5, 32, 8)[None])[0]
+    assert torch.allclose(item["latents"], expected, atol=1e-5)
+    text = TextEncoder.from_pretrained(ckpt / "text_encoder", 64)
+    emb, mask = text([rows[2]["caption"]])
+    assert torch.allclose(item["text_emb"], emb[0, :n], atol=1e-5)
+    batch = collate([ds[i] for i in next(iter(BucketBatchSampler(ds, 4, seed=1)))])
+    assert batch["latents"].shape == (4, 4, 2, 4, 4)
+    assert batch["text_emb"].shape[:2] == batch["text_mask"].shape and len(batch["caption"]) == 4
+
+
+def test_cache_cli_and_t5_folder(setup, capsys):
+    root, manifest, ckpt, full, _ = setup
+    out = root / "cli"
+    args = ["cache", str(manifest), "--vae", str(ckpt), "--text-encoder", str(ckpt / "text_encoder"), "--out",
+            str(out), "--frames", "5", "--size", "32", "--shard-size", "4"]  # fmt: skip
+    assert data_main(args) == 0
+    assert "4 encoded now" in capsys.readouterr().out
+    assert files(out)["shard-5x32x32-00002.safetensors"] == files(full)["shard-5x32x32-00002.safetensors"]
+    assert data_main(args) == 0 and "4 already done" in capsys.readouterr().out
+    assert data_main(args[:-2] + ["--shard-size", "3"]) == 1  # other settings, same folder
+    assert "other settings" in capsys.readouterr().err
+    assert data_main(["cache", str(manifest), "--vae", str(root / "nope"), "--out", str(root / "x")]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert data_main(["cache", str(manifest), "--vae", str(ckpt), "--out", str(root / "y"), "--frames", "33"]) == 1
+    assert "holds 33 frames" in capsys.readouterr().err

@@ -1,0 +1,270 @@
+"""Clips manifest -> shards of VAE latents and T5 embeddings, for fast DiT training.
+
+    videodit-data cache clips.jsonl --vae CKPT [--text-encoder CKPT_OR_T5_DIR] --out shards/ [--shard-size 256]
+    torchrun --nproc-per-node 8 -m videodit.data cache clips.jsonl --vae CKPT --out shards/
+
+The work is planned up front and deterministically from the manifest and the arguments: every clip is cut
+into windows of `--frames` frames at `--fps` (the longest of the given frame counts that fits the clip),
+windows are grouped by shape in manifest order and cut into shards of `--shard-size`. Shard k belongs to
+rank k mod world_size, so ranks never coordinate. Each shard is a safetensors file written to a temporary
+name and renamed into place:
+
+    latents    (N, C, 1 + (T-1)/4, H/8, W/8)   VAE posterior means (not normalised; the trainer scales them)
+    text_emb   (N, L, D)                       T5 embeddings, zero past each caption, L = the shard's longest
+    text_mask  (N, L) bool
+
+with the captions and source clips in its metadata and in `index.json`. A finished shard is never redone, so
+an interrupted run, run again, produces the same files as an uninterrupted one. `index.json` appears when the
+last shard is done (written by whichever rank finishes last; rerunning any rank also writes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from videodit.data.datasets import _hw, load_window
+from videodit.data.prep import read_manifest
+from videodit.data.video_io import DataError, temp_path_for
+
+INDEX_VERSION = 1
+
+
+@dataclass
+class ShardPlan:
+    name: str  # file name
+    frames: int
+    samples: list[tuple[int, float]]  # (manifest row, window start in seconds)
+
+
+def plan_shards(
+    rows: list[dict], frames: list[int], size: tuple[int, int], fps: float, shard_size: int
+) -> tuple[list[ShardPlan], int]:
+    """-> (shards in a fixed global order, number of clips too short for any frame count)."""
+    buckets: dict[int, list[tuple[int, float]]] = {}
+    skipped = 0
+    for j, r in enumerate(rows):
+        available = math.floor((float(r["end"]) - float(r["start"])) * fps + 1e-6)
+        fits = [f for f in frames if f <= available]
+        if not fits:
+            skipped += 1
+            continue
+        f = max(fits)
+        for k in range(available // f):
+            buckets.setdefault(f, []).append((j, float(r["start"]) + k * f / fps))
+    plans = []
+    for f in sorted(buckets):
+        samples = buckets[f]
+        for k, s in enumerate(range(0, len(samples), shard_size)):
+            name = f"shard-{f}x{size[0]}x{size[1]}-{k:05d}.safetensors"
+            plans.append(ShardPlan(name, f, samples[s : s + shard_size]))
+    return plans, skipped
+
+
+class _Windows(Dataset):
+    def __init__(self, rows: list[dict], plan: ShardPlan, size: tuple[int, int], fps: float):
+        self.rows, self.plan, self.size, self.fps = rows, plan, size, fps
+
+    def __len__(self) -> int:
+        return len(self.plan.samples)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        j, start = self.plan.samples[i]
+        return load_window(self.rows[j], start, self.plan.frames, self.size, self.fps)  # (3, T, H, W)
+
+
+def load_text_encoder_any(path: str | Path, max_length: int | None = None):
+    """A videodit checkpoint folder (config.yaml + text_encoder/) or a transformers T5 folder."""
+    from videodit.checkpoint import load_text_encoder, read_config
+    from videodit.config import TextConfig
+    from videodit.text_encoder import TextEncoder
+
+    p = Path(path)
+    if (p / "config.yaml").is_file():
+        cfg = read_config(p)
+        if max_length:
+            cfg.text.max_length = max_length
+        return load_text_encoder(p, cfg)
+    if (p / "config.json").is_file():
+        return TextEncoder.from_pretrained(p, max_length or TextConfig().max_length)
+    raise DataError(
+        f"--text-encoder '{p}' is neither a videodit checkpoint (config.yaml) nor a T5 folder (config.json)"
+    )
+
+
+def _encode_text(text_encoder, captions: list[str], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    embs, masks = [], []
+    for s in range(0, len(captions), batch):
+        e, m = text_encoder(captions[s : s + batch])  # (b, l, D), (b, l)
+        embs.append(e.float().cpu())
+        masks.append(m.cpu())
+    n = max(e.shape[1] for e in embs)
+    emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, n - e.shape[1])) for e in embs])  # (N, L, D)
+    mask = torch.cat([torch.nn.functional.pad(m, (0, n - m.shape[1])) for m in masks])  # (N, L)
+    return emb, mask.bool()
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _shard_ok(path: Path, num: int) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_slice("latents").get_shape()[0] == num and {"text_emb", "text_mask"} <= set(f.keys())
+    except Exception:  # a damaged file: redo it
+        return False
+
+
+def dist_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """--rank/--world-size, else torchrun's RANK/WORLD_SIZE, else a single process."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if world < 1 or not 0 <= rank < world:
+        raise DataError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world}")
+    return rank, world
+
+
+def cache(
+    manifest: str | Path,
+    vae: str | Path,
+    out: str | Path,
+    text_encoder: str | Path | None = None,
+    frames: list[int] | tuple[int, ...] = (17,),
+    size: int | tuple[int, int] = 64,
+    fps: float = 8,
+    shard_size: int = 256,
+    batch_size: int = 4,
+    rank: int | None = None,
+    world_size: int | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+    workers: int = 0,
+    max_length: int | None = None,
+    max_shards: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Encode this rank's shards. -> summary dict (shards planned / done now / skipped, index written)."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from videodit.checkpoint import CheckpointError, load_vae
+    from videodit.vae import encode_video
+
+    frames = sorted(set(int(f) for f in frames))
+    if any(f < 1 or (f - 1) % 4 for f in frames):
+        raise DataError(f"--frames must be 1 + 4k (e.g. 17 or 33), got {frames}")
+    hw = _hw(size)
+    if hw[0] % 8 or hw[1] % 8:
+        raise DataError(f"--size must be a multiple of 8, got {hw}")
+    if shard_size < 1 or batch_size < 1:
+        raise DataError("--shard-size and --batch-size must be >= 1")
+    store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if store is None:
+        raise DataError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
+    rank, world = dist_env(rank, world_size)
+    if not (Path(vae) / "vae.safetensors").is_file():
+        raise DataError(f"--vae '{vae}': checkpoint not found (a folder with config.yaml and vae.safetensors)")
+    text_path = text_encoder or vae
+    if not Path(text_path).is_dir():
+        raise DataError(f"--text-encoder '{text_path}' not found")
+    out = Path(out)
+    rows = read_manifest(manifest)
+    plans, too_short = plan_shards(rows, frames, hw, fps, shard_size)
+    if not plans:
+        raise DataError(
+            f"no clip in '{manifest}' holds {min(frames)} frames at {fps} fps: pass smaller --frames, or make longer "
+            "clips (e.g. `videodit-data shapes --frames 17`)"
+        )
+    settings = dict(
+        version=INDEX_VERSION, manifest=str(Path(manifest).resolve()), vae=str(Path(vae).resolve()),
+        text_encoder=str(Path(text_path).resolve()), frames=frames, size=list(hw), fps=fps,
+        shard_size=shard_size, dtype=dtype, max_length=max_length,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        if old != settings:
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise DataError(f"'{out}' holds shards made with other settings {diff}; use another --out")
+    else:
+        _atomic_json(settings_path, settings)
+
+    mine = [p for k, p in enumerate(plans) if k % world == rank]
+    for p in mine:  # temp files left by a killed run of this rank
+        for stale in out.glob(f".{p.name}.*.tmp"):
+            stale.unlink()
+    todo = [p for p in mine if not _shard_ok(out / p.name, len(p.samples))]
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    summary = dict(planned=len(plans), mine=len(mine), skipped=len(mine) - len(todo), encoded=0, too_short=too_short)
+    if todo:
+        if device is None:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        try:
+            model = load_vae(vae).to(device)
+            text = load_text_encoder_any(text_path, max_length).to(device)
+        except CheckpointError as e:
+            raise DataError(str(e)) from e
+        bar = tqdm(total=sum(len(p.samples) for p in todo), desc=f"cache rank {rank}", unit="clip",
+                   disable=not progress)  # fmt: skip
+        for p in todo:
+            captions = [rows[j].get("caption", "") for j, _ in p.samples]
+            loader = DataLoader(_Windows(rows, p, hw, fps), batch_size=batch_size, num_workers=workers)
+            latents = []
+            for video in loader:  # (b, 3, T, H, W)
+                with torch.no_grad():
+                    latents.append(encode_video(model, video.to(device)).to(store).cpu())
+                bar.update(len(video))
+            emb, mask = _encode_text(text, captions, batch_size)
+            tensors = dict(latents=torch.cat(latents).contiguous(), text_emb=emb.to(store), text_mask=mask)
+            # one metadata key: safetensors does not keep the order of several, and shards must be reproducible
+            meta = {"videodit": json.dumps(dict(captions=captions, clips=p.samples))}
+            tmp = temp_path_for(out / p.name)
+            try:
+                save_file(tensors, tmp, metadata=meta)
+                os.replace(tmp, out / p.name)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            summary["encoded"] += 1
+        bar.close()
+    summary["index"] = write_index(out, rows, plans)
+    return summary
+
+
+def write_index(out: Path, rows: list[dict], plans: list[ShardPlan]) -> bool:
+    """Write index.json if every planned shard exists; -> whether it was written."""
+    from safetensors import safe_open
+
+    if not all((out / p.name).is_file() for p in plans):
+        return False
+    shards = []
+    for p in plans:
+        with safe_open(str(out / p.name), framework="pt") as f:
+            shape = f.get_slice("latents").get_shape()
+            text_len = f.get_slice("text_emb").get_shape()[1]
+        shards.append(
+            dict(file=p.name, num=len(p.samples), frames=p.frames, latent_shape=list(shape[1:]), text_len=text_len,
+                 captions=[rows[j].get("caption", "") for j, _ in p.samples],
+                 clips=[dict(path=rows[j]["path"], start=s) for j, s in p.samples])
+        )  # fmt: skip
+    _atomic_json(out / "index.json", dict(version=INDEX_VERSION, num=sum(s["num"] for s in shards), shards=shards))
+    return True

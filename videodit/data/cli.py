@@ -1,0 +1,124 @@
+"""`videodit-data`: make training data.
+
+    videodit-data shapes --out data/shapes --num 1000 [--frames 17 | --seconds S] --fps 8 --size 64 --seed 0
+    videodit-data prep RAW_DIR --out clips.jsonl [--captions captions.csv] [--clip-seconds 4]
+    videodit-data cache clips.jsonl --vae CKPT [--text-encoder PATH] --out shards/ [--rank R --world-size W]
+
+`python -m videodit.data ...` is the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from videodit.data.video_io import DataError
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    """'64' -> 64; '48x64' -> (48, 64) as (height, width)."""
+    try:
+        if "x" in text:
+            h, w = text.lower().split("x")
+            return int(h), int(w)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW, got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videodit-data", description="Make training data for videodit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("shapes", help="render the procedural moving-shapes dataset to mp4 + manifest.jsonl")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--num", type=int, default=1000, help="number of clips")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, help="clip length in seconds (frames = seconds x fps)")
+    length.add_argument("--frames", type=int, help="clip length in frames (default 17 = 1 + 4k, one training window)")
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "heldout"), default="train",
+                   help="heldout = only the held-out (colour, shape, motion) combinations")  # fmt: skip
+
+    p = sub.add_parser("prep", help="raw videos -> clips manifest (scene cuts, filters, captions); resumable")
+    p.add_argument("raw_dir", help="folder of raw videos (searched recursively)")
+    p.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    p.add_argument("--captions", help="CSV or JSONL of (path, caption); else sidecar .txt files")
+    p.add_argument("--clip-seconds", type=float, help="cut scenes into clips of this length (default: whole scenes)")
+    p.add_argument("--scene-threshold", type=float, default=0.12,
+                   help="cut where consecutive 32x32 grey thumbnails differ by more (0..1; 0 disables)")  # fmt: skip
+    p.add_argument("--min-frames", type=int, default=17, help="drop clips with fewer frames at --fps")
+    p.add_argument("--fps", type=float, default=8, help="frame rate training samples at (for --min-frames)")
+    p.add_argument("--min-size", type=int, default=64, help="drop videos whose shorter side is smaller")
+    p.add_argument("--static-threshold", type=float, default=0.001,
+                   help="drop clips whose mean thumbnail difference at --fps is below this (0..1)")  # fmt: skip
+
+    p = sub.add_parser("cache", help="clips manifest -> safetensors shards of VAE latents + T5 embeddings")
+    p.add_argument("manifest", help="clips manifest (.jsonl) from `prep` or `shapes`")
+    p.add_argument("--vae", required=True, help="checkpoint folder holding config.yaml + vae.safetensors")
+    p.add_argument("--text-encoder", help="checkpoint folder or T5 folder (default: the --vae checkpoint)")
+    p.add_argument("--out", required=True, help="shards folder")
+    p.add_argument("--frames", type=int, nargs="+", default=[17], help="frames per sample (1 + 4k); several = buckets")
+    p.add_argument("--size", type=_size, default=64, help="frame size: N (square) or HxW, multiples of 8")
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    p.add_argument("--batch-size", type=int, default=4, help="samples per VAE / text-encoder call")
+    p.add_argument("--rank", type=int, help="this process's rank (default: $RANK from torchrun, else 0)")
+    p.add_argument("--world-size", type=int, help="number of processes (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--device", help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="stored dtype")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding clips")
+    p.add_argument("--max-length", type=int, help="text tokens kept (default: the encoder's config)")
+    p.add_argument("--max-shards", type=int, help="stop after this many shards (the rest on a later run)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "shapes":
+        from videodit.data.shapes import generate
+
+        frames = args.frames if args.frames or args.seconds else 17
+        path = generate(args.out, args.num, args.seconds, args.fps, args.size, args.seed, args.split, frames)
+        print(f"wrote {args.num} {args.split} clips and {path}")
+    elif args.command == "prep":
+        from videodit.data.prep import prep
+
+        report = prep(
+            args.raw_dir, args.out, captions=args.captions, clip_seconds=args.clip_seconds,
+            scene_threshold=args.scene_threshold, min_frames=args.min_frames, min_size=args.min_size,
+            fps=args.fps, static_threshold=args.static_threshold,
+        )  # fmt: skip
+        print(report.summary())
+    else:
+        from videodit.data.cache import cache
+
+        s = cache(
+            args.manifest, args.vae, args.out, text_encoder=args.text_encoder, frames=args.frames, size=args.size,
+            fps=args.fps, shard_size=args.shard_size, batch_size=args.batch_size, rank=args.rank,
+            world_size=args.world_size, device=args.device, dtype=args.dtype, workers=args.workers,
+            max_length=args.max_length, max_shards=args.max_shards,
+        )  # fmt: skip
+        print(
+            f"cache: {s['planned']} shards planned, {s['mine']} for this rank: {s['encoded']} encoded now, "
+            f"{s['skipped']} already done; {s['too_short']} clips too short for --frames"
+        )
+        print("index.json written" if s["index"] else "index.json not written yet: other shards are still missing")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (DataError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"videodit-data {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"videodit-data {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -70,7 +70,7 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TextConfig:
     pretrained: str = ""  # local folder or hub id of a T5 encoder; empty = the tiny built-in ByT5-style T5
-    max_length: int = 64
+    max_length: int = 128  # ByT5 tokens are bytes: 128 holds the longest shapes caption
     # the tiny built-in encoder (used when `pretrained` is empty)
     tiny_d_model: int = 64
     tiny_layers: int = 2

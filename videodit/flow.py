@@ -57,8 +57,11 @@ def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor
     err = (pred.float() - (noise - x0).float()).pow(2)  # (B, C, T, H, W)
     if t.dim() == 1:
         return err.mean()
+    # a per-sample mean over its noisy frames, then the batch mean: so that the mean of per-rank losses
+    # equals the loss of the global batch (data parallel gives the same gradients as one process)
     w = (t > 0).float().view(t.shape[0], 1, -1, 1, 1).expand_as(err)
-    return (err * w).sum() / w.sum().clamp_min(1.0)
+    per_sample = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)
+    return per_sample.mean()
 
 
 def guided(cond: VelocityFn, uncond: VelocityFn, scale: float) -> VelocityFn:

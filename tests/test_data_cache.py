@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from videodit import vae as vae_mod
-from videodit.checkpoint import save_module, save_text_encoder, write_config
+from videodit.checkpoint import load_text_encoder, load_vae, save_module, save_text_encoder, write_config
 from videodit.config import Config, VAEConfig
 from videodit.data.cache import cache
 from videodit.data.cli import main as data_main
@@ -94,13 +94,10 @@ def test_shard_dataset_reads_back(setup):
     assert item["caption"] == rows[2]["caption"]
     n = item["text_mask"].sum().item()
     assert item["text_mask"].all() and item["text_emb"].shape == (n, 64)
-    vae = VideoVAE(VAEConfig(base_channels=8, channel_mults=(1, 1, 1, 1), latent_channels=4))
-    from videodit.checkpoint import load_vae
-
     vae = load_vae(ckpt)
     expected = encode_video(vae, load_window(rows[2], 5 / 8, 5, 32, 8)[None])[0]
     assert torch.allclose(item["latents"], expected, atol=1e-5)
-    text = TextEncoder.from_pretrained(ckpt / "text_encoder", 64)
+    text = load_text_encoder(ckpt)
     emb, mask = text([rows[2]["caption"]])
     assert torch.allclose(item["text_emb"], emb[0, :n], atol=1e-5)
     batch = collate([ds[i] for i in next(iter(BucketBatchSampler(ds, 4, seed=1)))])

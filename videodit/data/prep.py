@@ -121,7 +121,15 @@ def _caption_for(video: Path, rel: str, table: dict[str, str]) -> str:
 
 def thumbnails(path: Path) -> np.ndarray:
     """Every frame as a 32x32 grey image -> uint8 (N, 32, 32) (32 MiB per hour of 30 fps video)."""
-    chunks = [np.round(c.astype(np.float32).mean(-1)).astype(np.uint8) for c in iter_frames(path, (THUMB, THUMB))]
+
+    def grey(backend: str) -> list[np.ndarray]:
+        frames = iter_frames(path, (THUMB, THUMB), backend=backend)
+        return [np.round(c.astype(np.float32).mean(-1)).astype(np.uint8) for c in frames]
+
+    try:
+        chunks = grey("auto")
+    except VideoError:  # decord can fail part-way through a file that PyAV decodes
+        chunks = grey("pyav")
     if not chunks:
         raise VideoError(f"'{path}': no frames could be decoded")
     return np.concatenate(chunks)

@@ -99,6 +99,8 @@ def _with_backends(path: str, backend: str, with_decord, with_av):
         raise ValueError(f"backend must be 'auto', 'decord' or 'pyav', got '{backend}'")
     if not os.path.isfile(path):
         raise VideoError(f"video file '{path}' not found")
+    if backend == "decord" and not _have_decord():
+        raise VideoError("backend 'decord' asked for, but decord is not installed (pip install decord)")
     errors = []
     if backend in ("auto", "decord") and _have_decord():
         try:

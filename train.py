@@ -271,7 +271,15 @@ class VAETask:
         pass
 
     def inputs(self, batch: dict, step: int, sl: slice) -> dict:
-        return dict(video=batch["video"][sl].to(self.device), step=torch.tensor(step))
+        video = batch["video"]  # (B, 3, T, H, W)
+        c = self.cfg.data.crop
+        if c:  # the VAE is convolutional: crops teach it the same thing for a fraction of the compute
+            g = step_generator(self.cfg.train.seed, step, 2)
+            B, _, _, H, W = video.shape
+            ys = torch.randint(0, H - c + 1, (B,), generator=g).tolist()
+            xs = torch.randint(0, W - c + 1, (B,), generator=g).tolist()
+            video = torch.stack([v[:, :, y : y + c, x : x + c] for v, y, x in zip(video, ys, xs)])
+        return dict(video=video[sl].to(self.device), step=torch.tensor(step))
 
     def export(self, module: nn.Module, folder: Path) -> None:
         atomic_save_state(module.vae.state_dict(), folder / "vae.safetensors")

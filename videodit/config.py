@@ -104,6 +104,7 @@ class DataConfig:
     fps: int = 8
     batch_size: int = 4  # global batch (all ranks, one optimizer step, before accumulation)
     num_workers: int = 0
+    crop: int = 0  # VAE training: random square crops of this size (a multiple of 8; 0 = whole frames)
 
 
 @dataclass
@@ -334,6 +335,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
+    if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:
+        raise ConfigError(f"data.crop must be a multiple of 8 and at most data.size, got {cfg.data.crop}")
     if cfg.data.size % 8:
         raise ConfigError(f"data.size must be a multiple of 8, got {cfg.data.size}")
     t = cfg.train

@@ -94,7 +94,7 @@ class FlowConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "shapes"  # "shapes" (procedural, rendered on the fly), "manifest" (clips decoded on the fly), "shards"
+    source: str = "shapes"  # "shapes" (rendered on the fly), "manifest" (clips decoded on the fly) or "shards"
     num_clips: int = 1000  # size of the procedural dataset (source = shapes)
     seed: int = 0  # procedural dataset seed
     shards: str = ""  # folder of cached latent shards (fast path)

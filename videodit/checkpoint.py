@@ -27,6 +27,12 @@ class CheckpointError(FileNotFoundError):
     """A checkpoint folder that is missing, unreadable or incomplete; the message says what to do."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +40,7 @@ def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -81,6 +88,7 @@ def write_config(cfg: Config, folder: str | Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".yaml.tmp")
     os.close(fd)
     save_config(cfg, tmp)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, folder / "config.yaml")
 
 

@@ -116,8 +116,8 @@ class DiTBlock(nn.Module):
         # temporal attention at each location, over the past context and this call's frames
         h = self.norm_t(x) * (1 + scale_t) + shift_t
         q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S, heads, T, Dh)
-        k_all, v_all = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         Tp = past[0].shape[2]
+        k_all, v_all = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if Tp else (k, v)
         o = attention(apply_rope(q, rope_t[Tp:]), apply_rope(k_all, rope_t), v_all, mask=time_mask)
         x = x + gate_t * rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B)
 

@@ -640,6 +640,8 @@ class Trainer:
                 bar.write(" ".join(f"{k}={v}" for k, v in msg.items()))
                 if logger:
                     logger.log(msg, step)
+            if t.sample_every and step % t.sample_every == 0 and t.task == "dit":
+                self.sample_video(step, logger)
             if step % t.ckpt_every == 0 or step == t.steps or self.stop_signal:
                 self.save(step)
             if self.stop_signal:
@@ -651,6 +653,23 @@ class Trainer:
             save_loss_curve(self.losses, self.run_dir / "loss.png")
         if logger:
             logger.finish()
+
+    def sample_video(self, step: int, logger: WandbLogger | None) -> None:
+        """A short video from the EMA weights on a fixed prompt, saved under RUN/samples/ (and to wandb)."""
+        if not self.dist.main:
+            return
+        from videodit.generate import Pipeline, Request, generate
+
+        dit = DiT(self.cfg.model)
+        with full_params(self.module, 0):
+            dit.load_state_dict({k.removeprefix("dit."): v for k, v in self.ema.shadow.items()})
+        pipe = Pipeline(self.cfg, dit, self.task.vae, self.task.text_encoder, self.device)
+        prompt = "a red circle moving to the right"
+        out = self.run_dir / "samples" / f"step_{step:07d}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        generate(pipe, Request(prompts=[prompt], at=[0.0], seconds=2.0, seed=0), out)
+        if logger:
+            logger.video(out, prompt, step)
 
     def tokens_per_sample(self) -> int:
         d, m = self.cfg.data, self.cfg.model
@@ -704,6 +723,12 @@ class WandbLogger:
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
+
+    def video(self, path: Path, caption: str, step: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({"sample": wandb.Video(str(path), caption=caption, format="mp4")}, step=step)
 
     def finish(self) -> None:
         if self.run is not None:

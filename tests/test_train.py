@@ -67,6 +67,19 @@ def test_resume_equals_uninterrupted(vae_ckpt, tmp_path):
     assert (tmp_path / "a" / "loss.png").stat().st_size > 0
 
 
+def test_activation_checkpointing_and_sample_videos(vae_ckpt, tmp_path):
+    plain = make_trainer(overrides(vae_ckpt, tmp_path / "a", steps=2))
+    plain.fit()
+    ckpt = make_trainer(overrides(vae_ckpt, tmp_path / "b", steps=2, **{"train.activation_checkpointing": True,
+                                                                         "train.sample_every": 2}))
+    assert any("checkpoint" in type(m).__name__.lower() for m in ckpt.module.modules())
+    ckpt.fit()
+    assert max(abs(a - b) for (_, a), (_, b) in zip(plain.losses, ckpt.losses)) < 1e-5
+    wa, wb = weights(plain), weights(ckpt)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5  # same names, same values
+    assert (tmp_path / "b" / "samples" / "step_0000002.mp4").stat().st_size > 0
+
+
 def test_export_reproduces_the_trained_model(vae_ckpt, tmp_path):
     tr = make_trainer(overrides(vae_ckpt, tmp_path, steps=3))
     tr.fit()

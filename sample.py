@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                       window_chunks=args.window, seed=args.seed)
         check_output(out)
         if not Path(args.checkpoint).is_dir():
+            shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT
             raise CheckpointError(
-                f"checkpoint '{args.checkpoint}' not found. The shipped model lives in checkpoints/tiny of the "
-                f"repository; train your own with train.py (see README) and pass --checkpoint DIR"
+                f"checkpoint '{args.checkpoint}' not found. "
+                + ("No trained model ships in checkpoints/tiny yet: train the tiny one with the commands in "
+                   "README ('Train the tiny model yourself') and pass --checkpoint runs/dit_tiny/export"
+                   if shipped else "Pass --checkpoint DIR, a folder with config.yaml and the safetensors files")
             )
         t0 = time.time()
         pipe = Pipeline.load(args.checkpoint, device=args.device)

@@ -37,7 +37,7 @@ from videodit.checkpoint import (
     save_text_encoder,
     write_config,
 )
-from videodit.config import Config, ConfigError, load_config
+from videodit.config import Config, ConfigError, load_config, to_dict
 from videodit.dit import DiT
 from videodit.flow import flow_loss, sample_t
 
@@ -718,7 +718,7 @@ class WandbLogger:
             return
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(project=cfg.train.wandb_project, mode=mode, dir=str(Path(cfg.train.out_dir)),
-                              config=__import__("videodit.config").config.to_dict(cfg))
+                              config=to_dict(cfg))
 
     def log(self, metrics: dict, step: int) -> None:
         if self.run is not None:

@@ -53,6 +53,10 @@ class VAEConfig:
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # one stage per entry; a x2 spatial downsampling between stages
     num_res_blocks: int = 1  # residual blocks per stage (encoder and decoder alike)
     temporal_down: tuple[bool, ...] = (False, True, True)  # which downsamplings also halve time (as Wan 2.1)
+    # mean RGB of the training data in [-1, 1]; the VAE codes the difference. Dark data (the procedural
+    # shapes: about -0.74) otherwise starts training with a global colour offset that Adam spreads over
+    # every weight until the VAE collapses to the mean video.
+    pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # loss weights (training)
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2

@@ -12,6 +12,11 @@ flat in the length of the video. Temporal down-sampling is a causal conv with st
 unconsumed input frames are cached as well, so chunk boundaries never change the result. Temporal
 up-sampling is depth-to-time: each latent frame predicts two frames (the first latent frame only one).
 
+Training stability: every head has an unnormalised path (a per-pixel RMSNorm cannot remove a constant
+offset, which otherwise swamps the signal), the posterior starts with a small variance, and the VAE codes
+the difference to the data's mean colour (`VAEConfig.pixel_mean`), so dark data does not start training
+with a global offset that the optimiser spreads over every weight (it collapses to the mean video).
+
 Streaming helpers at the bottom (`encode_video`, `decode_video`, `decode_stream`) chunk in time under a
 memory budget and tile in space with overlapping tiles whose seams are blended linearly.
 """
@@ -84,7 +89,8 @@ def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
     whole-video decoding. We call oneDNN directly for fp32 on CPU (same math, with autograd); everything
     else (GPU, bf16, builds without oneDNN) takes the ordinary path.
     """
-    if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    mkldnn = torch.backends.mkldnn
+    if x.device.type == "cpu" and x.dtype == torch.float32 and mkldnn.is_available() and mkldnn.enabled:
         return torch.mkldnn_convolution(
             x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
         )
@@ -109,10 +115,11 @@ class CausalConv3d(nn.Module):
     """A 3D convolution padded only on the past side in time (zero padding in space).
 
     At the start of a video the past is the first frame repeated (replicate padding). Zero padding would
-    show the first frame an artificial black past that no later frame sees; replicating makes the first
-    frame look like a still video to every conv, which keeps its statistics in distribution and makes an
-    image and the first frame of a video the same input. With temporal stride s the conv keeps, between
-    calls, exactly the input frames not yet consumed by a window, so any chunking gives the same output.
+    show the first frame an artificial black past that no later frame sees, a step in time at every layer;
+    replicating makes the first frame (and so an image) look like the start of a still video, which keeps
+    its activations in the range of the later frames' and costs nothing. With temporal stride s the conv
+    keeps, between calls, exactly the input frames not yet consumed by a window, so any chunking gives the
+    same output.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int, int] = (3, 3, 3), stride_t: int = 1):
@@ -161,6 +168,20 @@ def _per_frame(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     B = x.shape[0]
     y = fn(rearrange(x, "b c t h w -> (b t) c h w"))
     return rearrange(y, "(b t) c h w -> b c t h w", b=B)
+
+
+def _match_channels(x: Tensor, channels: int) -> Tensor:
+    """Parameter-free channel change: average groups of channels, or repeat them (DC-AE's shortcuts)."""
+    c = x.shape[1]
+    if c >= channels:
+        return x.unflatten(1, (channels, c // channels)).mean(dim=2)  # (B, channels, T, H, W)
+    return x.repeat_interleave(channels // c, dim=1)
+
+
+def _check_divisible(a: int, b: int, what: str) -> None:
+    if max(a, b) % min(a, b):
+        raise ConfigError(f"{what}: {a} and {b} channels must divide one another (vae.base_channels, "
+                          f"vae.channel_mults and vae.latent_channels set them)")
 
 
 class SpaceDown(nn.Module):
@@ -230,7 +251,7 @@ Block = ResBlock | SpaceDown | SpaceUp | TimeDown | TimeUp
 
 
 class Encoder(nn.Module):
-    """(B, 3, 1 + 4k, H, W) -> (B, 2 C, 1 + k, H/8, W/8): the mean and log-variance of the posterior."""
+    """(B, 3, 1 + 4k, H, W) -> mean and log-variance of the posterior, each (B, C, 1 + k, H/8, W/8)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -248,6 +269,8 @@ class Encoder(nn.Module):
                     blocks.append(TimeDown(c))
         blocks += [ResBlock(c, c), ResBlock(c, c)]  # middle, at the lowest resolution
         self.blocks = nn.ModuleList(blocks)
+        _check_divisible(c, cfg.latent_channels, "encoder output")
+        self.latent_channels = cfg.latent_channels
         self.norm_out = ChannelRMSNorm(c)
         self.conv_out = CausalConv3d(c, 2 * cfg.latent_channels)
         # start close to a plain autoencoder: a unit posterior variance drowns the weak initial latents and
@@ -257,11 +280,16 @@ class Encoder(nn.Module):
             self.conv_out.conv.weight[cfg.latent_channels :].zero_()
             self.conv_out.conv.bias[cfg.latent_channels :].fill_(-6.0)
 
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
         h = self.conv_in(_channels_last(x), cache)  # (B, c0, T, H, W)
         for block in self.blocks:
             h = block(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache).contiguous()  # (B, 2 C, T', H/8, W/8)
+        mean, logvar = self.conv_out(F.silu(self.norm_out(h)), cache).chunk(2, dim=1)  # (B, C, T', h, w) each
+        # The residual stream is unnormalised; the head's per-pixel RMSNorm is not, and it cannot remove a
+        # constant offset: once the stream grows one, the normalised head sees almost nothing of the input and
+        # training collapses to predicting the mean video. An unnormalised path to the latent prevents that.
+        mean = mean + _match_channels(h, self.latent_channels)
+        return mean.contiguous(), logvar.contiguous()
 
 
 class Decoder(nn.Module):
@@ -271,6 +299,7 @@ class Decoder(nn.Module):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mults]
         c = widths[-1]
+        _check_divisible(cfg.latent_channels, c, "decoder input")
         self.conv_in = CausalConv3d(cfg.latent_channels, c)
         blocks: list[Block] = [ResBlock(c, c), ResBlock(c, c)]  # middle
         for i in reversed(range(len(widths))):
@@ -285,12 +314,15 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = ChannelRMSNorm(c)
         self.conv_out = CausalConv3d(c, 3)
+        self.read_out = nn.Conv3d(c, 3, 1)  # the unnormalised path to the pixels (see Encoder.forward)
 
     def forward(self, z: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
-        h = self.conv_in(_channels_last(z), cache)  # (B, c3, T', h, w)
+        z = _channels_last(z)
+        h = self.conv_in(z, cache) + _match_channels(z, self.conv_in.conv.out_channels)  # (B, c3, T', h, w)
         for block in self.blocks:
             h = block(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache).contiguous()  # (B, 3, T, H, W)
+        x = self.conv_out(F.silu(self.norm_out(h)), cache) + _conv(h, self.read_out)
+        return x.contiguous()  # (B, 3, T, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -316,6 +348,9 @@ class VideoVAE(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, CausalConv3d):
                 m.key = name
+
+    def _pixel_mean(self, x: Tensor) -> Tensor:
+        return torch.tensor(self.cfg.pixel_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1, 1)
 
     def init_cache(self) -> VAECache:
         """A fresh streaming state; use one for encoding a video and another for decoding one."""
@@ -370,8 +405,7 @@ class VideoVAE(nn.Module):
         """
         self.check_video(x, cache)
         frames = dict(cache.frames)  # the caller's cache is never modified
-        moments = self.encoder(x, frames)  # (B, 2 C, T', h, w)
-        mean, logvar = moments.chunk(2, dim=1)
+        mean, logvar = self.encoder(x - self._pixel_mean(x), frames)  # (B, C, T', h, w) each
         post = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
         return post, VAECache(frames, cache.seen + x.shape[2], "encode")
 
@@ -383,7 +417,7 @@ class VideoVAE(nn.Module):
         self.check_latents(z, cache)
         frames = dict(cache.frames)
         x = self.decoder(z, frames)
-        return x, VAECache(frames, cache.seen + z.shape[2], "decode")
+        return x + self._pixel_mean(x), VAECache(frames, cache.seen + z.shape[2], "decode")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Whole video for training: (B, 3, T, H, W) -> (reconstruction from a posterior sample, mean, logvar).
@@ -391,9 +425,9 @@ class VideoVAE(nn.Module):
         Stateless (cache None), so activation checkpointing may re-run any block.
         """
         self.check_video(x, VAECache())
-        mean, logvar = self.encoder(x, None).chunk(2, dim=1)  # (B, C, T', h, w) each
+        mean, logvar = self.encoder(x - self._pixel_mean(x), None)  # (B, C, T', h, w) each
         post = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
-        recon = self.decoder(post.sample(), None)  # (B, 3, T, H, W)
+        recon = self.decoder(post.sample(), None) + self._pixel_mean(x)  # (B, 3, T, H, W)
         return recon, post.mean, post.logvar
 
 

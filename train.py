@@ -40,6 +40,7 @@ from videodit.checkpoint import (
 from videodit.config import Config, ConfigError, load_config, to_dict
 from videodit.dit import DiT
 from videodit.flow import flow_loss, sample_t
+from videodit.speed import compile_blocks
 
 
 class TrainError(RuntimeError):
@@ -474,6 +475,8 @@ class Trainer:
         self.module = self.task.model().to(self.device)
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.module)
+        if t.compile:
+            compile_blocks(self.module)
         self.ema = EMA(named_params(self.module), t.ema_decay)
         opt_kwargs = dict(lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         if self.device.type == "cuda":
@@ -568,6 +571,8 @@ class Trainer:
         batch = collate([self.dataset[i] for i in idx])
         model = self.engine if self.engine is not None else self.module
         total = 0.0
+        # bf16 without DeepSpeed: autocast. DeepSpeed's bf16 engine holds bf16 weights instead, and the models
+        # cast their fp32 inputs to their weights' dtype on entry (DiT._run, VideoVAE.forward)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.precision == "bf16" and self.device.type == "cuda" and self.engine is None

@@ -24,8 +24,13 @@ def _xformers_ops():
     return xops
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """q (B, heads, N, Dh), k/v (B, heads, M, Dh), mask broadcastable to (B, heads, N, M), True = attend."""
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, impl: str = "sdpa") -> Tensor:
+    """q (B, heads, N, Dh), k/v (B, heads, M, Dh), mask broadcastable to (B, heads, N, M), True = attend.
+
+    impl "dense" computes the attention as two batched matmuls and a softmax (`dense_attention`).
+    """
+    if impl == "dense":
+        return dense_attention(q, k, v, mask)
     if mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         xops = _xformers_ops()
         if xops is not None:
@@ -33,6 +38,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
             out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return out.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Attention as plain tensor ops, for very short sequences (the ~16-frame temporal attention).
+
+    A fused SDPA kernel launched over (B*H*W*heads) sequences of 16 tokens is bound by its per-tile overhead;
+    at these lengths the whole score matrix is tiny, and under torch.compile the scale, mask and softmax fuse
+    into one kernel between two batched matmuls. The softmax runs in fp32. Same inputs and result as `attention`.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, heads, N, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 def rope_frequencies(head_dim: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:

@@ -35,6 +35,9 @@ class DiTConfig:
     chunk_frames: int = 2  # latent frames (after patchify) per causal chunk of temporal attention
     rope_theta: float = 10000.0
     qk_norm: bool = True
+    # kernel of the short temporal attention: "sdpa" (torch's fused kernels) or "dense" (two batched matmuls
+    # and a softmax, which torch.compile fuses; cheaper than a launch-bound fused kernel at ~16 tokens)
+    temporal_attention: str = "sdpa"
 
 
 DIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -128,6 +131,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
     activation_checkpointing: bool = False
+    compile: bool = False  # regional torch.compile: each transformer / VAE block compiled once, in place
     zero_stage: int = 0  # 0 = plain DDP-style data parallel; 1, 2, 3 = DeepSpeed ZeRO
     offload_optimizer: bool = False
     nan_policy: str = "stop"  # "stop" or "skip"
@@ -337,6 +341,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.hidden / model.heads must be even (rotary embeddings rotate pairs)")
     if min(m.patch) < 1 or m.chunk_frames < 1 or m.depth < 1:
         raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
+    if m.temporal_attention not in ("sdpa", "dense"):
+        raise ConfigError(f"model.temporal_attention must be 'sdpa' or 'dense', got '{m.temporal_attention}'")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
     if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:

@@ -76,8 +76,9 @@ class CrossAttention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, temporal_impl: str = "sdpa"):
         super().__init__()
+        self.temporal_impl = temporal_impl  # "sdpa" or "dense" (see attention.dense_attention)
         self.norm_s = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn_s = SelfAttention(dim, heads, qk_norm)
         self.norm_t = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -118,7 +119,7 @@ class DiTBlock(nn.Module):
         q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S, heads, T, Dh)
         Tp = past[0].shape[2]
         k_all, v_all = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if Tp else (k, v)
-        o = attention(apply_rope(q, rope_t[Tp:]), apply_rope(k_all, rope_t), v_all, mask=time_mask)
+        o = attention(apply_rope(q, rope_t[Tp:]), apply_rope(k_all, rope_t), v_all, time_mask, self.temporal_impl)
         x = x + gate_t * rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B)
 
         # cross-attention to the text (not modulated, as in PixArt-α)
@@ -154,7 +155,9 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(D, 9 * D))  # shared by all blocks
         self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
-        self.blocks = nn.ModuleList(DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.temporal_attention) for _ in range(cfg.depth)
+        )
         self.final = FinalLayer(D, self.patch_dim)
         self.initialize_weights()
 
@@ -195,7 +198,8 @@ class DiT(nn.Module):
             raise ValueError(f"DiT expects {self.cfg.in_channels} latent channels, got {C}")
         check_divisible(T_lat, H, W, self.cfg.patch)
         pt = self.cfg.patch[0]
-        tokens = self.x_embed(patchify(x, self.cfg.patch))  # (B, T, S, D)
+        dtype = self.x_embed.weight.dtype  # fp32 inputs meet bf16 weights under DeepSpeed's bf16 engine
+        tokens = self.x_embed(patchify(x.to(dtype), self.cfg.patch))  # (B, T, S, D)
         T, S = tokens.shape[1], tokens.shape[2]
 
         if t.dim() == 1:
@@ -205,7 +209,7 @@ class DiT(nn.Module):
         assert t.shape == (B, T), f"t must be (B,) or (B, T_latent), got {tuple(t.shape)}"
         c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))  # (B, T, D)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
-        txt = self.text_embed(text)  # (B, L, D)
+        txt = self.text_embed(text.to(dtype))  # (B, L, D)
 
         head_dim = self.cfg.hidden // self.cfg.heads
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]

@@ -425,6 +425,7 @@ class VideoVAE(nn.Module):
         Stateless (cache None), so activation checkpointing may re-run any block.
         """
         self.check_video(x, VAECache())
+        x = x.to(self.encoder.conv_in.conv.weight.dtype)  # fp32 clips meet bf16 weights under DeepSpeed's bf16
         mean, logvar = self.encoder(x - self._pixel_mean(x), None)  # (B, C, T', h, w) each
         post = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
         recon = self.decoder(post.sample(), None) + self._pixel_mean(x)  # (B, 3, T, H, W)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,6 +27,19 @@ from videodit.data.evaluate import evaluate_videos, format_table  # noqa: E402
 from videodit.data.shapes import make_example, render_clip  # noqa: E402
 from videodit.data.video_io import read_video, write_video  # noqa: E402
 from videodit.generate import Pipeline, Request, generate  # noqa: E402
+
+_PIPES: dict[str, Pipeline] = {}
+
+
+def _init_worker(checkpoint: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _PIPES[checkpoint] = Pipeline.load(checkpoint)
+
+
+def _generate_one(job: tuple) -> Path:
+    checkpoint, prompt, seconds, steps, cfg_scale, seed, out = job
+    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg_scale, seed=seed)
+    return generate(_PIPES[checkpoint], req, Path(out))
 
 
 def main() -> None:
@@ -37,6 +51,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=-1.0)
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
     ap.add_argument("--out", default="", help="keep the mp4s and a JSON report here")
+    ap.add_argument("--jobs", type=int, default=1, help="generate in this many processes (threads split evenly)")
     args = ap.parse_args()
 
     pipe = Pipeline.load(args.checkpoint)
@@ -50,11 +65,28 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    paths, t0 = [], time.time()
-    for i, p in enumerate(tqdm(prompts, desc=f"generating {args.num} x {args.seconds:g} s", unit="video")):
-        req = Request(prompts=[p], at=[0.0], seconds=args.seconds, steps=args.steps, cfg_scale=args.cfg,
-                      seed=args.seed + i)
-        paths.append(generate(pipe, req, out_dir / f"{i:03d}.mp4"))
+    t0 = time.time()
+    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+            for i, p in enumerate(prompts)]
+    bar = tqdm(total=args.num, desc=f"generating {args.num} x {args.seconds:g} s", unit="video")
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = max(1, torch.get_num_threads() // args.jobs)
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(args.checkpoint, threads)) as ex:
+            paths = []
+            for path in ex.map(_generate_one, jobs):
+                paths.append(path)
+                bar.update()
+    else:
+        _PIPES[args.checkpoint] = pipe
+        paths = []
+        for job in jobs:
+            paths.append(_generate_one(job))
+            bar.update()
+    bar.close()
     gen_s = time.time() - t0
 
     frames = int(round(args.seconds * fps))

@@ -197,7 +197,10 @@ class DiTTask:
         self.null_emb, self.null_mask = self.text_encoder([""])
 
     def model(self) -> nn.Module:
-        return DiTLoss(DiT(self.cfg.model))
+        dit = DiT(self.cfg.model)
+        if self.cfg.train.init:
+            dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"))
+        return DiTLoss(dit)
 
     @torch.no_grad()
     def latents(self, batch: dict) -> Tensor:
@@ -266,7 +269,12 @@ class VAETask:
     def model(self) -> nn.Module:
         from videodit.vae import VideoVAE
 
-        return VAELoss(VideoVAE(self.cfg.vae), self.cfg)
+        vae = VideoVAE(self.cfg.vae)
+        if self.cfg.train.init:
+            vae.load_state_dict(load_init(self.cfg.train.init, "vae.safetensors"))
+        if self.cfg.vae.freeze_encoder:
+            vae.encoder.requires_grad_(False)
+        return VAELoss(vae, self.cfg)
 
     def estimate_latent_stats(self, dataset) -> None:
         pass
@@ -287,6 +295,13 @@ class VAETask:
         # the text encoder the DiT stage will use (the tiny T5 or text.pretrained), so that this folder is all
         # that `videodit-data cache --vae` and `train.vae` need, and shards and the DiT see the same embeddings
         save_text_encoder(load_text_encoder_for(self.cfg), folder)
+
+
+def load_init(folder: str, name: str) -> dict[str, Tensor]:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise TrainError(f"train.init: '{path}' not found; give an export folder of the same task")
+    return load_state(path)
 
 
 def load_text_encoder_for(cfg: Config):
@@ -487,7 +502,8 @@ class Trainer:
         opt_kwargs = dict(lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         if self.device.type == "cuda":
             opt_kwargs["fused"] = True
-        optimizer = torch.optim.AdamW(self.module.parameters(), **opt_kwargs)
+        trainable = [p for p in self.module.parameters() if p.requires_grad]  # all but a frozen VAE encoder
+        optimizer = torch.optim.AdamW(trainable, **opt_kwargs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
         if t.zero_stage:
             deepspeed = import_deepspeed()

@@ -180,3 +180,24 @@ def test_ema_warms_up_and_forgets_the_initialisation():
     ema2 = train.EMA({"w": torch.zeros(1)}, decay=0.999)
     ema2.update({"w": torch.ones(1)}, 100000)  # late: the set decay
     assert abs(float(ema2.shadow["w"][0]) - 0.001) < 1e-6
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path):
+    """train.init + vae.freeze_encoder: the encoder (so a DiT's latents) is bit-identical, the decoder learns."""
+    base = {"train.task": "vae", "train.wandb": "disabled", "train.steps": 2, "train.ckpt_every": 100,
+            "train.log_every": 100, "train.warmup_steps": 1, "data.source": "shapes", "data.num_clips": 8,
+            "data.frames": 5, "data.size": 16, "data.batch_size": 2, "vae.base_channels": 8}
+    first = make_trainer([f"--{k}={v}" for k, v in {**base, "train.out_dir": tmp_path / "a"}.items()])
+    first.fit()
+    init = first.export()
+    second = make_trainer([f"--{k}={v}" for k, v in {**base, "train.out_dir": tmp_path / "b", "train.init": init,
+                                                     "vae.freeze_encoder": True, "train.lr": 1e-2}.items()])
+    before = weights(second)
+    second.fit()
+    after = weights(second)
+    enc = [k for k in before if ".encoder." in k]
+    dec = [k for k in before if ".decoder." in k]
+    assert enc and all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    with pytest.raises(Exception, match="freeze_encoder"):
+        load_config(None, ["--train.task=vae", "--vae.freeze_encoder=true"])

@@ -60,6 +60,8 @@ class VAEConfig:
     # shapes: about -0.74) otherwise starts training with a global colour offset that Adam spreads over
     # every weight until the VAE collapses to the mean video.
     pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # train the decoder only (with train.init): the latent space, and so a DiT trained on it, stays valid
+    freeze_encoder: bool = False
     # loss weights (training)
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
@@ -118,6 +120,7 @@ class DataConfig:
 class TrainConfig:
     task: str = "dit"  # "dit" or "vae"
     vae: str = ""  # checkpoint folder of a trained VAE (task dit): encodes clips on the fly, ships with the export
+    init: str = ""  # an export folder whose weights start this run (fine-tuning; dit.safetensors / vae.safetensors)
     deepspeed: str = ""  # optional DeepSpeed JSON (configs/deepspeed/); batch, precision and clipping come from here
     out_dir: str = "runs/default"
     steps: int = 1000
@@ -362,5 +365,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):
         raise ConfigError(f"train.wandb must be online, offline or disabled, got '{t.wandb}'")
+    if cfg.vae.freeze_encoder and not (t.task == "vae" and t.init):
+        raise ConfigError("vae.freeze_encoder fine-tunes a trained VAE's decoder: set train.task vae and train.init")
     if t.steps < 1 or t.grad_accum < 1 or cfg.data.batch_size < 1:
         raise ConfigError("train.steps, train.grad_accum and data.batch_size must be >= 1")

@@ -34,6 +34,7 @@ from videodit.checkpoint import (
     load_state,
     load_text_encoder,
     load_vae,
+    read_config,
     save_text_encoder,
     write_config,
 )
@@ -183,6 +184,13 @@ class DiTTask:
                              f"({self.text_encoder.dim}); set --model.text_dim {self.text_encoder.dim}")
         self.text_encoder.to(device)
         self.vae = None
+        if cfg.train.vae:  # the run (and its export) records the VAE it was trained with, pixel_mean and all
+            try:
+                cfg.vae = read_config(cfg.train.vae).vae
+            except (CheckpointError, ConfigError) as e:
+                raise TrainError(f"train.vae: {e}") from e
+        elif cfg.data.source == "shards":
+            print("warning: no train.vae: the export will hold no VAE, and sample.py needs one", file=sys.stderr)
         if cfg.data.source != "shards":
             if not cfg.train.vae:
                 raise TrainError("training the DiT on clips needs a trained VAE: set train.vae to its checkpoint "
@@ -255,7 +263,7 @@ class DiTTask:
 
     def export(self, module: nn.Module, folder: Path) -> None:
         atomic_save_state(module.dit.state_dict(), folder / "dit.safetensors")
-        if self.vae is not None:
+        if self.cfg.train.vae:  # also when training on shards: the export must decode what the DiT makes
             shutil.copyfile(Path(self.cfg.train.vae) / "vae.safetensors", folder / ".vae.tmp")
             os.replace(folder / ".vae.tmp", folder / "vae.safetensors")
         save_text_encoder(self.text_encoder, folder)

@@ -38,6 +38,10 @@ class DiTConfig:
     # kernel of the short temporal attention: "sdpa" (torch's fused kernels) or "dense" (two batched matmuls
     # and a softmax, which torch.compile fuses; cheaper than a launch-bound fused kernel at ~16 tokens)
     temporal_attention: str = "sdpa"
+    # also condition every block's adaLN on the masked mean of the text embeddings (as SD3 / Hunyuan add a
+    # pooled text vector to the timestep): global attributes (colour, shape, motion) reach every token
+    # directly instead of only through cross-attention
+    pooled_text: bool = True
 
 
 DIT_PRESETS: dict[str, dict[str, Any]] = {

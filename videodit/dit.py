@@ -155,6 +155,9 @@ class DiT(nn.Module):
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(D, 9 * D))  # shared by all blocks
         self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.text_pool = (
+            nn.Sequential(nn.Linear(cfg.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if cfg.pooled_text else None
+        )
         self.blocks = nn.ModuleList(
             DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.temporal_attention) for _ in range(cfg.depth)
         )
@@ -208,6 +211,10 @@ class DiT(nn.Module):
             t = t[:, ::pt]  # one timestep per temporal patch
         assert t.shape == (B, T), f"t must be (B,) or (B, T_latent), got {tuple(t.shape)}"
         c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))  # (B, T, D)
+        if self.text_pool is not None:
+            w = text_mask.to(dtype)[..., None]  # (B, L, 1): padding does not count
+            pooled = (text.to(dtype) * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, text_dim)
+            c = c + self.text_pool(pooled)[:, None]  # (B, T, D)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
         txt = self.text_embed(text.to(dtype))  # (B, L, D)
 

@@ -167,3 +167,16 @@ def test_cli_unreadable_checkpoint(tmp_path):
     assert r.returncode == 2 and "safetensors" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("--checkpoint", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path / "v.mp4"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_shipped_model_two_steps_with_the_default_checkpoint(tmp_path):
+    """The committed tiny model (checkpoints/tiny, the default of sample.py) loads and writes an mp4."""
+    import av
+
+    assert (ROOT / "checkpoints" / "tiny" / "dit.safetensors").is_file(), "the shipped model is missing"
+    out = tmp_path / "shipped.mp4"
+    r = run_cli("--prompt", "a red circle moving to the right", "--seconds", "3", "--steps", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        frames = [f for f in c.decode(video=0)]
+    assert len(frames) == 24 and frames[0].width == 64 and frames[0].height == 64

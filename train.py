@@ -41,7 +41,7 @@ from videodit.checkpoint import (
 from videodit.config import Config, ConfigError, load_config, to_dict
 from videodit.dit import DiT
 from videodit.flow import flow_loss, sample_t
-from videodit.speed import compile_blocks
+from videodit.speed import apply_activation_checkpointing, compile_blocks
 
 
 class TrainError(RuntimeError):
@@ -196,7 +196,7 @@ class DiTTask:
                 raise TrainError("training the DiT on clips needs a trained VAE: set train.vae to its checkpoint "
                                  "folder (train one with configs/vae_tiny.yaml), or train on cached shards")
             try:
-                self.vae = load_vae(cfg.train.vae).to(device).requires_grad_(False)
+                self.vae = load_vae(cfg.train.vae, cfg).to(device).requires_grad_(False)  # cfg.vae is its own
             except (CheckpointError, ConfigError) as e:
                 raise TrainError(str(e)) from e
             if self.vae.cfg.latent_channels != cfg.model.in_channels:
@@ -300,9 +300,11 @@ class VAETask:
 
     def export(self, module: nn.Module, folder: Path) -> None:
         atomic_save_state(module.vae.state_dict(), folder / "vae.safetensors")
-        # the text encoder the DiT stage will use (the tiny T5 or text.pretrained), so that this folder is all
-        # that `videodit-data cache --vae` and `train.vae` need, and shards and the DiT see the same embeddings
-        save_text_encoder(load_text_encoder_for(self.cfg), folder)
+        # the tiny T5 the DiT stage will use, so that this folder is all that `videodit-data cache --vae` and
+        # `train.vae` need, and shards and the DiT see the same embeddings. A text.pretrained T5 is not copied:
+        # checkpoint.load_text_encoder finds it again by the name in config.yaml.
+        if not self.cfg.text.pretrained:
+            save_text_encoder(load_text_encoder_for(self.cfg), folder)
 
 
 def load_init(folder: str, name: str) -> dict[str, Tensor]:
@@ -728,16 +730,6 @@ def all_mean(x: float, dist: Dist) -> float:
     t = torch.tensor([x], dtype=torch.float64, device=device_of(dist))
     torch.distributed.all_reduce(t)
     return float(t.item()) / dist.world
-
-
-def apply_activation_checkpointing(module: nn.Module) -> None:
-    """Recompute each transformer / VAE block in the backward pass (torchtitan-style, from outside)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    for parent in module.modules():
-        if isinstance(parent, nn.ModuleList):
-            for i, child in enumerate(parent):
-                parent[i] = checkpoint_wrapper(child)
 
 
 class WandbLogger:

@@ -12,6 +12,7 @@ clips, the same renders with shuffled captions, and still first frames. Last lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -68,25 +69,20 @@ def main() -> None:
     t0 = time.time()
     jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
             for i, p in enumerate(prompts)]
-    bar = tqdm(total=args.num, desc=f"generating {args.num} x {args.seconds:g} s", unit="video")
-    if args.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        threads = max(1, torch.get_num_threads() // args.jobs)
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                 initargs=(args.checkpoint, threads)) as ex:
-            paths = []
-            for path in ex.map(_generate_one, jobs):
-                paths.append(path)
-                bar.update()
-    else:
-        _PIPES[args.checkpoint] = pipe
-        paths = []
-        for job in jobs:
-            paths.append(_generate_one(job))
-            bar.update()
-    bar.close()
+            threads = max(1, torch.get_num_threads() // args.jobs)
+            ex = stack.enter_context(ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
+                                                         initializer=_init_worker,
+                                                         initargs=(args.checkpoint, threads)))
+            results = ex.map(_generate_one, jobs)
+        else:
+            _PIPES[args.checkpoint] = pipe
+            results = map(_generate_one, jobs)
+        paths = list(tqdm(results, total=args.num, desc=f"generating {args.num} x {args.seconds:g} s", unit="video"))
     gen_s = time.time() - t0
 
     frames = int(round(args.seconds * fps))

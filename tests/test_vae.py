@@ -176,7 +176,6 @@ def test_seams_are_blended_linearly():
 
 
 @torch.no_grad()
-@torch.no_grad()
 def test_pixel_mean_codes_the_difference_to_the_data_mean(vae):
     # a VAE told the data mean sees dark data as a VAE without it sees zero-mean data
     m = (-0.7, -0.75, -0.8)
@@ -190,6 +189,7 @@ def test_pixel_mean_codes_the_difference_to_the_data_mean(vae):
     torch.testing.assert_close(shifted.decode(z, shifted.init_cache())[0], y + offset, rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
 def test_bad_inputs_raise_clear_errors(vae):
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         vae.encode(video(T=4), vae.init_cache())

@@ -202,7 +202,8 @@ class DiT(nn.Module):
         check_divisible(T_lat, H, W, self.cfg.patch)
         pt = self.cfg.patch[0]
         dtype = self.x_embed.weight.dtype  # fp32 inputs meet bf16 weights under DeepSpeed's bf16 engine
-        tokens = self.x_embed(patchify(x.to(dtype), self.cfg.patch))  # (B, T, S, D)
+        x, text = x.to(dtype), text.to(dtype)
+        tokens = self.x_embed(patchify(x, self.cfg.patch))  # (B, T, S, D)
         T, S = tokens.shape[1], tokens.shape[2]
 
         if t.dim() == 1:
@@ -213,10 +214,10 @@ class DiT(nn.Module):
         c = self.t_embed(timestep_embedding(t, 256).to(tokens.dtype))  # (B, T, D)
         if self.text_pool is not None:
             w = text_mask.to(dtype)[..., None]  # (B, L, 1): padding does not count
-            pooled = (text.to(dtype) * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, text_dim)
+            pooled = (text * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, text_dim)
             c = c + self.text_pool(pooled)[:, None]  # (B, T, D)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
-        txt = self.text_embed(text.to(dtype))  # (B, L, D)
+        txt = self.text_embed(text)  # (B, L, D)
 
         head_dim = self.cfg.hidden // self.cfg.heads
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]

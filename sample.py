@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg", type=float, default=-1.0, help="classifier-free guidance scale; default: checkpoint's")
     p.add_argument("--sampler", choices=["euler", "heun"], default="")
     p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
+    p.add_argument("--anchor", choices=["on", "off"], default="",
+                   help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")
+    p.add_argument("--context-noise", type=float, default=-1.0,
+                   help="noise level (t) of finished chunks in the KV cache; default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
     p.add_argument("--out", default="outputs/sample.mp4")
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             at = [0.0]
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
-                      window_chunks=args.window, seed=args.seed)
+                      window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
+                      context_noise=args.context_noise, seed=args.seed)
         check_output(out)
         if not Path(args.checkpoint).is_dir():
             shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT

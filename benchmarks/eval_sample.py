@@ -6,7 +6,9 @@ Prompts are captions of the held-out split (colour x shape x motion combinations
 Each is generated for --seconds, written to mp4 (the real output path, compression included) and scored:
 colour, shape, initial direction, axis, persistence, drift (last 15% minus first 15%), seam ratio at the
 chunk boundaries, dynamic degree. Controls beside the scores: ground-truth renders of the same captions'
-clips, the same renders with shuffled captions, and still first frames. Last line: one JSON object.
+clips, the same renders with shuffled captions, still first frames, and the renders' round trip through the
+checkpoint's own VAE (first --vae-seconds of each; the ceiling a DiT on these latents can reach). Last line:
+one JSON object.
 """
 
 from __future__ import annotations
@@ -38,9 +40,21 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 
 def _generate_one(job: tuple) -> Path:
-    checkpoint, prompt, seconds, steps, cfg_scale, seed, out = job
-    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg_scale, seed=seed)
+    checkpoint, prompt, seconds, steps, cfg_scale, window, anchor, context_noise, seed, out = job
+    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg_scale,
+                  window_chunks=window, anchor={"on": True, "off": False}.get(anchor),
+                  context_noise=context_noise, seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
+
+
+@torch.no_grad()
+def vae_round_trip(pipe: Pipeline, frames: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) with T = 1 + 4k -> the same frames encoded and decoded by the checkpoint's VAE."""
+    from videodit.vae import decode_video, encode_video
+
+    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    y = decode_video(pipe.vae, encode_video(pipe.vae, x.to(pipe.device)))
+    return ((y[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
 def main() -> None:
@@ -50,15 +64,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--cfg", type=float, default=-1.0)
+    ap.add_argument("--window", type=int, default=-1, help="recent chunks in the KV cache; default: checkpoint's")
+    ap.add_argument("--anchor", choices=["on", "off"], default="", help="default: the checkpoint's")
+    ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
+    ap.add_argument("--split", choices=["heldout", "train"], default="heldout",
+                    help="held-out combinations (the measure) or training ones (is generalisation the gap?)")
     ap.add_argument("--out", default="", help="keep the mp4s and a JSON report here")
+    ap.add_argument("--vae-seconds", type=float, default=10.0,
+                    help="seconds of each ground-truth clip to round-trip through the VAE (0 skips this control)")
     ap.add_argument("--jobs", type=int, default=1, help="generate in this many processes (threads split evenly)")
     args = ap.parse_args()
 
     pipe = Pipeline.load(args.checkpoint)
     cfg = pipe.cfg
     fps, size = cfg.data.fps, cfg.data.size
-    examples = [make_example(args.seed, i, "heldout") for i in range(args.num)]
+    examples = [make_example(args.seed, i, args.split) for i in range(args.num)]
     prompts = [c for _, c in examples]
     seam = dict(chunk_frames=4 * cfg.model.chunk_frames, seam_offset=1 + 4 * (cfg.model.chunk_frames - 1), fps=fps)
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="videodit_eval_"))
@@ -67,8 +88,8 @@ def main() -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
-            for i, p in enumerate(prompts)]
+    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.window, args.anchor, args.context_noise,
+             args.seed + i, str(out_dir / f"{i:03d}.mp4")) for i, p in enumerate(prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads
             import multiprocessing as mp
@@ -100,7 +121,14 @@ def main() -> None:
         "shuffled captions": evaluate_videos(truth, shuffled, **seam)["aggregate"],
         "still first frame": evaluate_videos(still, prompts, **seam)["aggregate"],
     }
-    print(f"{args.num} held-out prompts, {args.seconds:g} s each at {fps} fps, {size}x{size}; "
+    vae_col = None
+    if args.vae_seconds > 0:
+        n = 1 + 4 * ((min(frames, round(args.vae_seconds * fps)) - 1) // 4)  # the VAE takes 1 + 4k frames
+        vae_col = evaluate_videos(
+            [vae_round_trip(pipe, v[:n]) for v in tqdm(truth, desc="VAE round trip", unit="clip")], prompts, **seam
+        )["aggregate"]
+        table[f"VAE round trip ({(n - 1) / fps:g} s)"] = vae_col
+    print(f"{args.num} {args.split} prompts, {args.seconds:g} s each at {fps} fps, {size}x{size}; "
           f"generation {gen_s:.0f} s ({gen_s / args.num:.1f} s per video)")
     print(format_table(table))
     if args.out:
@@ -110,6 +138,8 @@ def main() -> None:
     keys = ("colour", "shape", "direction", "axis", "persistence", "drift_colour", "drift_shape",
             "drift_persistence", "seam_ratio", "dynamic")
     print(json.dumps({k: (None if a.get(k) is None else round(a[k], 3)) for k in keys}
+                     | {f"vae_{k}": round(vae_col[k], 3) for k in ("colour", "shape", "persistence")
+                        if vae_col and vae_col.get(k) is not None}
                      | dict(videos=args.num, seconds=args.seconds, gen_s_per_video=round(gen_s / args.num, 2))))
 
 

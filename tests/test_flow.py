@@ -49,6 +49,10 @@ def test_sample_t_per_chunk_and_shift():
     assert (same == same[:, :1]).all()
     assert timestep_shift(256, cfg) == 1.0 and timestep_shift(256 * 4, cfg) == 2.0
     assert timestep_shift(10**9, cfg) == cfg.shift_max
+    fixed = FlowConfig(shift=3.0)  # an explicit shift overrides the token-count rule, for training and sampling
+    assert timestep_shift(16, fixed) == 3.0 and timestep_shift(10**9, fixed) == 3.0
+    hi = sample_t(20000, 1, 1, 16, fixed, g)
+    assert (hi > 0.9).float().mean() > 0.1 > (sample_t(20000, 1, 1, 16, cfg, g) > 0.9).float().mean()
     big = sample_t(20000, 1, 1, 256 * 4, cfg, g)
     assert big.mean() > 0.6  # shifted toward noise
     forced = sample_t(2000, 7, 2, 256, FlowConfig(clean_context_prob=0.5), g)
@@ -68,3 +72,10 @@ def test_interpolation_and_loss_target():
     # clean frames (t = 0) are left out of the loss
     wrong_on_clean = lambda x, tt: (noise - x0) + (tt == 0).float().view(2, 1, 3, 1, 1)
     assert flow_loss(wrong_on_clean, x0, t, noise) == 0
+
+
+def test_negative_shift_is_a_config_error():
+    from videodit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="flow.shift"):
+        load_config(None, {"flow.shift": -1.0})

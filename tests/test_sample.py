@@ -58,14 +58,9 @@ def test_same_seed_same_video_and_exact_frame_count(pipe):
     assert any((x != y).any() for x, y in zip(a, c))
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
-def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale):
-    """With a window that holds every chunk, cached generation equals running the DiT over the whole clean past
-    plus the noisy chunk at every step (the no-cache reference written here)."""
-    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=3.0, seed=1, cfg_scale=cfg_scale,
-                               window_chunks=100, negative_prompt="a red circle"))
-    cached = torch.cat(list(pipe.latent_chunks(req)), dim=2)
-
+def _no_cache_reference(pipe, req, keep):
+    """Chunk-by-chunk sampling that runs the DiT over the kept clean past chunks (`keep(list) -> list`, laid out
+    contiguously) plus the noisy chunk at every step: what the KV cache must reproduce."""
     cfg, dit = pipe.cfg, pipe.dit
     _, T_lat = pipe.frame_count(req)
     emb, mask = pipe.encode_prompts(req)[0]
@@ -73,11 +68,12 @@ def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale):
     g = torch.Generator().manual_seed(req.seed)
     lat_train = 1 + (cfg.data.frames - 1) // 4
     shift = timestep_shift(lat_train * (cfg.data.size // 16) ** 2, cfg.flow)
-    past = torch.zeros(1, 16, 0, req.size // 8, req.size // 8)
+    chunks = []
     cf = cfg.model.chunk_frames
     with torch.no_grad():
         for start in range(0, T_lat, cf):
             Tc = min(cf, T_lat - start)
+            past = torch.cat([torch.zeros(1, 16, 0, req.size // 8, req.size // 8)] + keep(chunks), 2)
 
             def velocity(x, t, past=past, Tc=Tc):
                 full = torch.cat([past, x], 2).repeat(nb, 1, 1, 1, 1)
@@ -88,11 +84,38 @@ def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale):
                 vc, vu = v.chunk(2)
                 return vu + req.cfg_scale * (vc - vu)
 
-            z = sample(velocity, torch.randn(1, 16, Tc, req.size // 8, req.size // 8, generator=g), req.steps,
-                       shift=shift, method=req.sampler)
-            past = torch.cat([past, z], 2)
-    assert cached.shape == past.shape
-    assert (cached - past).abs().max() < 1e-5
+            chunks.append(sample(velocity, torch.randn(1, 16, Tc, req.size // 8, req.size // 8, generator=g),
+                                 req.steps, shift=shift, method=req.sampler))
+    return torch.cat(chunks, 2)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale):
+    """With a window that holds every chunk, cached generation equals running the DiT over the whole clean past
+    plus the noisy chunk at every step."""
+    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=3.0, seed=1, cfg_scale=cfg_scale,
+                               window_chunks=100, negative_prompt="a red circle"))
+    cached = torch.cat(list(pipe.latent_chunks(req)), dim=2)
+    reference = _no_cache_reference(pipe, req, keep=lambda chunks: chunks)
+    assert cached.shape == reference.shape
+    assert (cached - reference).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("anchor", [True, False])
+def test_rolling_window_with_and_without_anchor(pipe, anchor):
+    """A window of one chunk: chunks whose past still fits the cache (anchor + last chunk, or the last chunk
+    alone) equal generation with an unbounded cache; after that the dropped chunks change the result."""
+    def run(window, anchor):
+        req = Request(prompts=["a green circle"], at=[0.0], seconds=4.0, seed=2, window_chunks=window, anchor=anchor)
+        return list(pipe.latent_chunks(req))  # 4 chunks of 2 latent frames
+
+    full, windowed = run(100, True), run(1, anchor)
+    exact = 3 if anchor else 2  # chunk 2 still sees everything with the anchor: chunks 0 and 1
+    for i, (a, b) in enumerate(zip(full, windowed)):
+        if i < exact:
+            assert (a - b).abs().max() < 1e-5
+        else:
+            assert (a - b).abs().max() > 1e-3
 
 
 def test_prompt_changes_along_the_timeline(pipe):

@@ -97,6 +97,11 @@ class FlowConfig:
     logit_std: float = 1.0
     shift_base_tokens: int = 256  # the timestep shift is sqrt(tokens / base), clamped to [1, shift_max]
     shift_max: float = 3.0
+    # a fixed timestep shift for training and sampling (> 0) instead of the token-count rule above. Video
+    # models shift far toward noise (Wan 2.1 samples with 5, HunyuanVideo with 7): with a clean context the
+    # motion of the next chunk is decided at high noise, which logit-normal(0, 1) alone rarely trains
+    # (t > 0.9 in 1.4% of draws; 14% with shift 3)
+    shift: float = 0.0
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
     clean_context_prob: float = 0.5  # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0),
     # the context the model sees when sampling chunk by chunk
@@ -157,6 +162,13 @@ class SampleConfig:
     cfg_scale: float = 3.0
     sampler: str = "euler"  # "euler" or "heun"
     window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
+    # keep the first chunk in the cache for the whole video (identity), laid out just before the window; off: a
+    # plain rolling window of window_chunks, always contiguous in time as in training
+    anchor: bool = True
+    # noise level (t) at which a finished chunk enters the KV cache (0 = clean). A little noise hides the
+    # chunk's own small errors from the chunks after it, so they do not compound (noise augmentation of
+    # the context, as in GameNGen, Valevski et al. 2024); training already shows noisy past chunks
+    context_noise: float = 0.0
     max_seconds: float = 600.0
 
 
@@ -350,6 +362,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
     if m.temporal_attention not in ("sdpa", "dense"):
         raise ConfigError(f"model.temporal_attention must be 'sdpa' or 'dense', got '{m.temporal_attention}'")
+    if cfg.flow.shift < 0:
+        raise ConfigError(f"flow.shift must be > 0 (a fixed timestep shift) or 0 (from the token count), "
+                          f"got {cfg.flow.shift}")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
     if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:

@@ -21,6 +21,8 @@ VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t (B,) or (B, T)) -> v
 
 
 def timestep_shift(tokens: int, cfg: FlowConfig) -> float:
+    if cfg.shift > 0:
+        return cfg.shift
     return min(max(math.sqrt(tokens / cfg.shift_base_tokens), 1.0), cfg.shift_max)
 
 

@@ -41,6 +41,8 @@ class Request:
     cfg_scale: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale
     sampler: str = ""
     window_chunks: int = -1
+    anchor: bool | None = None  # None = the checkpoint's sample.anchor
+    context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
     seed: int = 0
 
 
@@ -68,6 +70,8 @@ class Pipeline:
         r.cfg_scale = s.cfg_scale if r.cfg_scale < 0 else r.cfg_scale
         r.sampler = r.sampler or s.sampler
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
+        r.anchor = s.anchor if r.anchor is None else r.anchor
+        r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
         if not (0 < r.seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {r.seconds:g}")
         if not r.prompts or any(not p.strip() for p in r.prompts):
@@ -82,6 +86,8 @@ class Pipeline:
                 f"--size must be a multiple of {unit} between {unit * 2} and {4 * c.data.size} for this "
                 f"checkpoint (trained at {c.data.size})"
             )
+        if not 0 <= r.context_noise < 1:
+            raise GenerateError(f"--context-noise must be in [0, 1), got {r.context_noise:g}")
         if r.steps < 1:
             raise GenerateError("--steps must be >= 1")
         if r.sampler not in ("euler", "heun"):
@@ -137,9 +143,13 @@ class Pipeline:
 
             noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
             z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
-            zero = torch.zeros(nb, device=self.device)
-            _, kv = self.dit.forward_chunk(z.repeat(nb, 1, 1, 1, 1), zero, emb, mask, context)
-            if anchor is None:
+            tc = torch.full((nb,), req.context_noise, device=self.device)
+            if req.context_noise > 0:
+                ctx = (1 - req.context_noise) * z + req.context_noise * torch.randn(z.shape, generator=g).to(z)
+            else:
+                ctx = z
+            _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context)
+            if start == 0 and req.anchor:
                 anchor = kv
             else:
                 recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []

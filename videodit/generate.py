@@ -22,7 +22,7 @@ from torch import Tensor
 from videodit.checkpoint import load_dit, load_text_encoder, load_vae, read_config
 from videodit.config import Config
 from videodit.dit import ChunkKV
-from videodit.flow import sample, timestep_shift
+from videodit.flow import interpolate, sample, timestep_shift
 
 
 class GenerateError(ValueError):
@@ -144,10 +144,7 @@ class Pipeline:
             noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
             z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
             tc = torch.full((nb,), req.context_noise, device=self.device)
-            if req.context_noise > 0:
-                ctx = (1 - req.context_noise) * z + req.context_noise * torch.randn(z.shape, generator=g).to(z)
-            else:
-                ctx = z
+            ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if req.context_noise > 0 else z
             _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context)
             if start == 0 and req.anchor:
                 anchor = kv

@@ -128,6 +128,21 @@ def global_batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     return perm[pos * batch : (pos + 1) * batch]
 
 
+class StepBatches(torch.utils.data.Sampler):
+    """The global batches of steps [start, end) in order: a DataLoader with workers prefetches them, and the
+    batch of a step is the same as without workers (global_batch_indices)."""
+
+    def __init__(self, n: int, batch: int, start: int, end: int, seed: int):
+        self.n, self.batch, self.start, self.end, self.seed = n, batch, start, end, seed
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            yield global_batch_indices(self.n, self.batch, step, self.seed)
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0)
+
+
 def collate(items: list[dict]) -> dict:
     out: dict = {}
     for key in items[0]:
@@ -596,11 +611,30 @@ class Trainer:
             torch.distributed.barrier()
 
     # ---- one optimisation step
-    def train_step(self, step: int) -> float:
+    def batch_seed(self) -> int:
+        return self.cfg.data.seed + self.cfg.train.seed
+
+    def batches(self, start: int, end: int):
+        """Global batches of steps [start, end): loaded in this process, or by data.num_workers workers that
+        prefetch a few steps ahead (a procedural or decoded dataset keeps a GPU fed this way)."""
+        cfg = self.cfg
+        if cfg.data.num_workers <= 0:
+            for step in range(start, end):
+                idx = global_batch_indices(len(self.dataset), cfg.data.batch_size, step, self.batch_seed())
+                yield collate([self.dataset[i] for i in idx])
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=StepBatches(len(self.dataset), cfg.data.batch_size, start, end,
+                                                    self.batch_seed()),
+            collate_fn=collate, num_workers=cfg.data.num_workers, prefetch_factor=4,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        yield from loader
+
+    def train_step(self, step: int, batch: dict | None = None) -> float:
         cfg, dist = self.cfg, self.dist
-        B = cfg.data.batch_size
-        idx = global_batch_indices(len(self.dataset), B, step, cfg.data.seed + cfg.train.seed)
-        batch = collate([self.dataset[i] for i in idx])
+        if batch is None:
+            batch = next(self.batches(step, step + 1))
         model = self.engine if self.engine is not None else self.module
         total = 0.0
         # bf16 without DeepSpeed: autocast. DeepSpeed's bf16 engine holds bf16 weights instead, and the models
@@ -647,8 +681,9 @@ class Trainer:
         last_log = time.time()
         step = self.start_step
         end = t.steps if stop_after is None else min(t.steps, self.start_step + stop_after)
+        batches = self.batches(step, end)
         while step < end:
-            loss = self.train_step(step)
+            loss = self.train_step(step, next(batches))
             if not math.isfinite(loss):
                 if t.nan_policy == "stop":
                     last = latest_checkpoint(self.run_dir)

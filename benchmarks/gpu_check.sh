@@ -1,24 +1,57 @@
 #!/usr/bin/env bash
-# One CUDA session's checks, in the order of their value (issue 7 and the CUDA path of issue 5):
-#   1. benchmarks/gpu.py: matmul ceiling, xl training step (eager / compiled / dense temporal) vs Latte
+# One CUDA session's work, in one command, inside a time budget (issue 7, the CUDA path of issue 5, and the
+# shipped model of issue 6):
+#   1. `videodit-data cache --shapes`: procedural clips rendered by DataLoader workers, encoded on the GPU by
+#      the shipped VAE and text encoder (checkpoints/tiny) into shards on local disk;
+#   2. benchmarks/gpu.py: matmul ceiling, xl training step (eager / compiled / dense temporal) vs Latte
 #      (eager / compiled), VAE vs Wan at 49x256x256 bf16, 60 s sampling with `base`, bf16 vs fp32;
-#   2. train.py with DeepSpeed ZeRO-2, bf16 and NCCL on one GPU: the `small` DiT on 33-frame shapes clips.
-# Usage: bash benchmarks/gpu_check.sh OUT_DIR [VAE_CKPT]  (wheels for missing packages in .whl/ are installed first)
+#   3. train.py with DeepSpeed ZeRO-2, bf16 and NCCL on one GPU (a short run on those shards);
+#   4. the shipped DiT fine-tuned from checkpoints/tiny on the shards (bf16 autocast, workers prefetching),
+#      its step count sized by a short probe to end inside the budget; the export lands in OUT/.
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_S] [CLIPS]   (wheels in .whl/ are installed first)
 set -u
-OUT=${1:-gpu_out}; VAE=${2:-}
+OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
+T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia-smi.txt"
-python3 -c "import torch, deepspeed, diffusers; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__, 'diffusers', diffusers.__version__)"
-timeout 420 python3 benchmarks/gpu.py 2>&1 | grep -v Warning | tee "$OUT/gpu.log"
-if [ -n "$VAE" ]; then
-  timeout 150 python3 -m torch.distributed.run --nproc_per_node 1 --master_port 29511 train.py --config configs/tiny.yaml \
-    --model.preset small --data.source shapes --data.num_clips 256 --train.vae "$VAE" --train.zero_stage 2 \
-    --train.steps 60 --train.log_every 20 --train.ckpt_every 60 --train.wandb disabled --train.out_dir /tmp/ds_run \
-    2>&1 | grep -v Warning | tee "$OUT/deepspeed.log"
-  ls /tmp/ds_run/checkpoints/* /tmp/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
-fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+python3 -c "import torch, transformers, deepspeed, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/env.txt"
+LAT=$(python3 -c "import yaml; f = yaml.safe_load(open('checkpoints/tiny/config.yaml'))['flow']; print(f['latent_scale'], f['latent_shift'])")
+set -- $LAT; SCALE=$1; SHIFT=$2
+
+echo "== cache $CLIPS shapes clips ($(left) s left)" | tee "$OUT/train.log"
+s=$(date +%s)
+timeout 150 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 64 --vae checkpoints/tiny \
+  --out /tmp/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
+echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
+
+echo "== gpu.py ($(left) s left)"
+timeout $(( $(left) - 230 > 320 ? 320 : $(left) - 230 )) python3 benchmarks/gpu.py --repeats 6 2>&1 \
+  | grep --line-buffered -v Warning | tee "$OUT/gpu.log"
+
+echo "== DeepSpeed ZeRO-2 + NCCL ($(left) s left)" | tee "$OUT/deepspeed.log"
+COMMON="--config configs/tiny.yaml --data.shards /tmp/shards --train.vae checkpoints/tiny --train.wandb disabled \
+  --flow.latent_scale $SCALE --flow.latent_shift $SHIFT"
+timeout 60 python3 -m torch.distributed.run --nproc_per_node 1 --master_port 29511 train.py $COMMON \
+  --train.zero_stage 2 --data.batch_size $(( BATCH / 4 )) --train.steps 30 --train.log_every 10 --train.ckpt_every 30 \
+  --train.out_dir /tmp/ds_run 2>&1 | grep -v Warning | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/deepspeed.log"
+ls /tmp/ds_run/checkpoints/* /tmp/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
+
+TRAIN="$COMMON --train.init checkpoints/tiny --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
+  --train.warmup_steps 200 --train.ema_decay 0.999 --train.log_every 100"
+echo "== probe ($(left) s left)" | tee -a "$OUT/train.log"
+timeout 60 python3 train.py $TRAIN --train.steps $PROBE --train.log_every $(( PROBE / 2 )) --train.ckpt_every 1000 \
+  --train.out_dir /tmp/probe 2>&1 | tr '\r' '\n' | grep "^step=" | tee -a "$OUT/train.log"
+SPS=$(grep "^step=$PROBE " "$OUT/train.log" | sed 's/.*samples_per_s=\([0-9.]*\).*/\1/')
+STEPS=$(python3 -c "print(max(200, int(($(left) - 45) * ${SPS:-0} / $BATCH) // 100 * 100))")
+echo "== train $STEPS steps at $SPS samples/s ($(left) s left)" | tee -a "$OUT/train.log"
+timeout -s TERM $(( $(left) - 20 )) python3 train.py $TRAIN --train.steps "$STEPS" --train.ckpt_every 100000 \
+  --train.out_dir /tmp/dit_gpu 2>&1 | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/train.log"
+[ -f /tmp/dit_gpu/export/dit.safetensors ] || python3 train.py $TRAIN --train.steps "$STEPS" \
+  --train.out_dir /tmp/dit_gpu --export-only 2>&1 | tail -2 | tee -a "$OUT/train.log"
+cp /tmp/dit_gpu/export/dit.safetensors /tmp/dit_gpu/export/config.yaml /tmp/dit_gpu/loss.png "$OUT/" 2>/dev/null
+echo "== done ($(left) s left)" | tee -a "$OUT/train.log"

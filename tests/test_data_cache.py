@@ -120,3 +120,24 @@ def test_cache_cli_and_t5_folder(setup, capsys):
     assert "not found" in capsys.readouterr().err
     assert data_main(["cache", str(manifest), "--vae", str(ckpt), "--out", str(root / "y"), "--frames", "33"]) == 1
     assert "holds 33 frames" in capsys.readouterr().err
+
+
+def test_cache_procedural_shapes_without_mp4(setup, capsys):
+    """--shapes N renders the procedural clips instead of decoding mp4: the same captions as `shapes` writes,
+    latents of the rendered frames, and a clear error when given both or neither source."""
+    from videodit.data.datasets import ShapesDataset
+
+    root, manifest, ckpt, _, _ = setup
+    out = root / "procedural"
+    args = ["cache", "--shapes", "5", "--seed", "0", "--vae", str(ckpt), "--out", str(out), "--frames", "5",
+            "--size", "32", "--shard-size", "4"]  # fmt: skip
+    assert data_main(args) == 0 and "2 encoded now" in capsys.readouterr().out
+    ds = ShardDataset(out)
+    assert len(ds) == 5 and [ds[i]["caption"] for i in range(5)] == [r["caption"] for r in read_manifest(manifest)[:5]]
+    clip = ShapesDataset(num=5, frames=5, size=32, fps=8, seed=0)[3]
+    expected = encode_video(load_vae(ckpt), clip["video"][None])[0]
+    assert torch.allclose(ds[3]["latents"], expected, atol=1e-5)
+    assert data_main(args[:1] + [str(manifest)] + args[1:]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert data_main(["cache", "--vae", str(ckpt), "--out", str(root / "z")]) == 1
+    assert "not both or neither" in capsys.readouterr().err

@@ -67,6 +67,19 @@ def test_resume_equals_uninterrupted(vae_ckpt, tmp_path):
     assert (tmp_path / "a" / "loss.png").stat().st_size > 0
 
 
+def test_worker_prefetch_equals_loading_in_the_trainer(vae_ckpt, tmp_path):
+    """data.num_workers: batches rendered in DataLoader workers are the same batches, so training is too."""
+    plain = make_trainer(overrides(vae_ckpt, tmp_path / "a", steps=4))
+    plain.fit()
+    workers = make_trainer(overrides(vae_ckpt, tmp_path / "b", steps=4, **{"data.num_workers": 2}))
+    workers.fit()
+    la, lb = dict(plain.losses), dict(workers.losses)
+    assert la.keys() == lb.keys() == set(range(4))
+    assert max(abs(la[k] - lb[k]) for k in la) <= 1e-6
+    wa, wb = weights(plain), weights(workers)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
 def test_activation_checkpointing_and_sample_videos(vae_ckpt, tmp_path):
     plain = make_trainer(overrides(vae_ckpt, tmp_path / "a", steps=2))
     plain.fit()

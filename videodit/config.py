@@ -121,7 +121,7 @@ class DataConfig:
     size: int = 64  # square frame size in pixels
     fps: int = 8
     batch_size: int = 4  # global batch (all ranks, one optimizer step, before accumulation)
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes prefetching training batches (0 = load in the trainer)
     crop: int = 0  # VAE training: random square crops of this size (a multiple of 8; 0 = whole frames)
 
 

@@ -1,7 +1,12 @@
 """Clips manifest -> shards of VAE latents and T5 embeddings, for fast DiT training.
 
     videodit-data cache clips.jsonl --vae CKPT [--text-encoder CKPT_OR_T5_DIR] --out shards/ [--shard-size 256]
+    videodit-data cache --shapes 16000 --frames 33 --vae CKPT --out shards/   # procedural clips, rendered here
     torchrun --nproc-per-node 8 -m videodit.data cache clips.jsonl --vae CKPT --out shards/
+
+`--shapes N` renders clips 0..N-1 of the procedural dataset (`--seed`, train split) in the workers instead of
+decoding mp4 files: the same clips `videodit-data shapes` writes, without the h264 round trip, and no video
+library needed (a GPU machine encodes thousands of clips a second this way).
 
 The work is planned up front and deterministically from the manifest and the arguments: every clip is cut
 into windows of `--frames` frames at `--fps` (the longest of the given frame counts that fits the clip),
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from videodit.data.datasets import _hw, load_window
+from videodit.data.datasets import _hw, load_window, to_tensor
 from videodit.data.prep import read_manifest
 from videodit.data.video_io import DataError, temp_path_for
 
@@ -76,7 +81,28 @@ class _Windows(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         j, start = self.plan.samples[i]
-        return load_window(self.rows[j], start, self.plan.frames, self.size, self.fps)  # (3, T, H, W)
+        row = self.rows[j]
+        if "shapes" in row:  # a procedural clip: rendered, not decoded
+            from videodit.data.shapes import make_example, render_clip
+
+            seed, split, index = row["shapes"]
+            spec, _ = make_example(seed, index, split)
+            return to_tensor(render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames))
+        return load_window(row, start, self.plan.frames, self.size, self.fps)  # (3, T, H, W)
+
+
+def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train") -> list[dict]:
+    """Manifest rows of the procedural clips 0..num-1, `frames` long, rendered by _Windows on demand."""
+    from videodit.data.shapes import make_example
+
+    if num < 1:
+        raise DataError(f"--shapes must be >= 1, got {num}")
+    rows = []
+    for i in range(num):
+        _, text = make_example(seed, i, split)
+        rows.append(dict(path=f"shapes:{split}:{seed}:{i}", start=0.0, end=frames / fps, caption=text,
+                         shapes=[seed, split, i]))  # fmt: skip
+    return rows
 
 
 def load_text_encoder_any(path: str | Path, max_length: int | None = None):
@@ -141,7 +167,7 @@ def dist_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def cache(
-    manifest: str | Path,
+    manifest: str | Path | None,
     vae: str | Path,
     out: str | Path,
     text_encoder: str | Path | None = None,
@@ -158,8 +184,11 @@ def cache(
     max_length: int | None = None,
     max_shards: int | None = None,
     progress: bool = True,
+    shapes: int = 0,
+    seed: int = 0,
 ) -> dict:
-    """Encode this rank's shards. -> summary dict (shards planned / done now / skipped, index written)."""
+    """Encode this rank's shards (of `manifest`'s clips, or of `shapes` procedural clips with `seed`).
+    -> summary dict (shards planned / done now / skipped, index written)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -184,7 +213,14 @@ def cache(
     if not Path(text_path).is_dir():
         raise DataError(f"--text-encoder '{text_path}' not found")
     out = Path(out)
-    rows = read_manifest(manifest)
+    if bool(shapes) == (manifest is not None):
+        raise DataError("give either a clips manifest or --shapes N (procedural clips), not both or neither")
+    if shapes:
+        rows = shapes_rows(shapes, seed, max(frames), fps)
+        source = f"shapes:train:{seed}:{shapes}"
+    else:
+        rows = read_manifest(manifest)
+        source = str(Path(manifest).resolve())
     plans, too_short = plan_shards(rows, frames, hw, fps, shard_size)
     if not plans:
         raise DataError(
@@ -192,7 +228,7 @@ def cache(
             "clips (e.g. `videodit-data shapes --frames 17`)"
         )
     settings = dict(
-        version=INDEX_VERSION, manifest=str(Path(manifest).resolve()), vae=str(Path(vae).resolve()),
+        version=INDEX_VERSION, manifest=source, vae=str(Path(vae).resolve()),
         text_encoder=str(Path(text_path).resolve()), frames=frames, size=list(hw), fps=fps,
         shard_size=shard_size, dtype=dtype, max_length=max_length,
     )  # fmt: skip

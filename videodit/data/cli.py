@@ -3,6 +3,7 @@
     videodit-data shapes --out data/shapes --num 1000 [--frames 17 | --seconds S] --fps 8 --size 64 --seed 0
     videodit-data prep RAW_DIR --out clips.jsonl [--captions captions.csv] [--clip-seconds 4]
     videodit-data cache clips.jsonl --vae CKPT [--text-encoder PATH] --out shards/ [--rank R --world-size W]
+    videodit-data cache --shapes 4000 --frames 33 --vae CKPT --out shards/   (procedural clips, no mp4 files)
 
 `python -m videodit.data ...` is the same command.
 """
@@ -56,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop clips whose mean thumbnail difference at --fps is below this (0..1)")  # fmt: skip
 
     p = sub.add_parser("cache", help="clips manifest -> safetensors shards of VAE latents + T5 embeddings")
-    p.add_argument("manifest", help="clips manifest (.jsonl) from `prep` or `shapes`")
+    p.add_argument("manifest", nargs="?", help="clips manifest (.jsonl) from `prep` or `shapes`")
+    p.add_argument("--shapes", type=int, default=0,
+                   help="instead of a manifest: render this many procedural shapes clips (train split)")
+    p.add_argument("--seed", type=int, default=0, help="procedural dataset seed (with --shapes)")
     p.add_argument("--vae", required=True, help="checkpoint folder holding config.yaml + vae.safetensors")
     p.add_argument("--text-encoder", help="checkpoint folder or T5 folder (default: the --vae checkpoint)")
     p.add_argument("--out", required=True, help="shards folder")
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> None:
             args.manifest, args.vae, args.out, text_encoder=args.text_encoder, frames=args.frames, size=args.size,
             fps=args.fps, shard_size=args.shard_size, batch_size=args.batch_size, rank=args.rank,
             world_size=args.world_size, device=args.device, dtype=args.dtype, workers=args.workers,
-            max_length=args.max_length, max_shards=args.max_shards,
+            max_length=args.max_length, max_shards=args.max_shards, shapes=args.shapes, seed=args.seed,
         )  # fmt: skip
         print(
             f"cache: {s['planned']} shards planned, {s['mine']} for this rank: {s['encoded']} encoded now, "

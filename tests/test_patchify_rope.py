@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from videodit.attention import apply_rope, rope_angles
+from videodit.attention import apply_rope, rope_angles, rope_cos_sin
 from videodit.patchify import patchify, unpatchify
 
 
@@ -35,7 +35,7 @@ def test_rope_scores_depend_only_on_relative_offsets():
     def score(p1, p2):
         a = rope_angles(*[torch.tensor([v]) for v in p1], dh, 10000.0)[0]
         b = rope_angles(*[torch.tensor([v]) for v in p2], dh, 10000.0)[0]
-        return (apply_rope(q[None], a) * apply_rope(k[None], b)).sum()
+        return (apply_rope(q[None], rope_cos_sin(a)) * apply_rope(k[None], rope_cos_sin(b))).sum()
 
     base = score((3, 1, 2), (1, 4, 0))
     shifted = score((10, 6, 9), (8, 9, 7))  # the same offset (2, -3, 2)

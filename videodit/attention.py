@@ -84,13 +84,22 @@ def grid_angles(t_pos: Tensor, H: int, W: int, head_dim: int, theta: float) -> T
     return rope_angles(t_pos, hh.flatten(), ww.flatten(), head_dim, theta)
 
 
-def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate consecutive channel pairs of x (..., N, Dh) by angles (N, Dh // 2) (broadcast over leading axes).
+def rope_cos_sin(angles: Tensor) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of rotation angles, fp32: computed once per forward and shared by every block (recomputing
+    them inside each block showed up as fused cos/sin kernels in the forward and backward of the compiled xl
+    step, see benchmarks/gpu_profile.py)."""
+    angles = angles.float()
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate consecutive channel pairs of x (..., N, Dh) by the angles whose (cos, sin) are `rope`, each
+    (N, Dh // 2) (broadcast over leading axes; see `rope_cos_sin`).
 
     Computed in fp32 (explicit .float()) because rotating bf16 values loses the relative-offset property.
     """
     xf = x.float().unflatten(-1, (-1, 2))  # (..., N, Dh/2, 2)
-    cos, sin = angles.cos(), angles.sin()
+    cos, sin = rope
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).type_as(x)

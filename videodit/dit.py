@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from videodit.attention import apply_rope, attention, grid_angles, rope_angles
+from videodit.attention import apply_rope, attention, grid_angles, rope_angles, rope_cos_sin
 from videodit.config import DiTConfig
 from videodit.patchify import check_divisible, patchify, unpatchify
 
@@ -97,12 +97,12 @@ class DiTBlock(nn.Module):
         mod: Tensor,
         text: Tensor,
         text_mask: Tensor,
-        rope_s: Tensor,
-        rope_t: Tensor,
+        rope_s: tuple[Tensor, Tensor],
+        rope_t: tuple[Tensor, Tensor],
         time_mask: Tensor | None,
         past: BlockKV,
     ) -> tuple[Tensor, BlockKV]:
-        """x (B, T, S, D); mod (B, T, 9, D); rope_s (S, Dh/2); rope_t (Tp + T, Dh/2);
+        """x (B, T, S, D); mod (B, T, 9, D); rope_s (cos, sin) each (S, Dh/2); rope_t (cos, sin) each (Tp + T, Dh/2);
         time_mask (T, Tp + T) bool or None for full attention; past (k, v) each (B S, heads, Tp, Dh)."""
         B, T, S, D = x.shape
         m = (mod + self.table)[:, :, None]  # (B, T, 1, 9, D)
@@ -119,7 +119,8 @@ class DiTBlock(nn.Module):
         q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S, heads, T, Dh)
         Tp = past[0].shape[2]
         k_all, v_all = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if Tp else (k, v)
-        o = attention(apply_rope(q, rope_t[Tp:]), apply_rope(k_all, rope_t), v_all, time_mask, self.temporal_impl)
+        rope_q = (rope_t[0][Tp:], rope_t[1][Tp:])
+        o = attention(apply_rope(q, rope_q), apply_rope(k_all, rope_t), v_all, time_mask, self.temporal_impl)
         x = x + gate_t * rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B)
 
         # cross-attention to the text (not modulated, as in PixArt-α)
@@ -222,11 +223,13 @@ class DiT(nn.Module):
         head_dim = self.cfg.hidden // self.cfg.heads
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]
         zero = torch.zeros(1)
-        rope_s = grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device)  # (S, Dh/2)
+        rope_s = rope_cos_sin(grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device))  # (S, Dh/2)
         T_past = sum(ckv[0][0].shape[2] for ckv in context)
-        rope_t = rope_angles(
-            torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta
-        )[:, 0].to(x.device)  # (T_past + T, Dh/2): only the time pairs rotate
+        rope_t = rope_cos_sin(
+            rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)[
+                :, 0
+            ].to(x.device)
+        )  # (T_past + T, Dh/2): only the time pairs rotate
         time_mask = self.time_mask(T_past, T, x.device)
 
         new_kv: ChunkKV = []

@@ -9,6 +9,8 @@
 #   4. the shipped DiT fine-tuned from checkpoints/tiny on the shards (bf16 autocast, workers prefetching),
 #      its step count sized by a short probe to end inside the budget; the export lands in OUT/.
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_S] [CLIPS]   (wheels in .whl/ are installed first)
+#   BENCH=0 skips steps 2-3 (a session that only trains: the rest of the budget goes to step 4);
+#   BATCH (256) and PROBE (120 steps) size the fine-tune.
 set -u
 OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
 T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -29,17 +31,19 @@ timeout 150 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 
   --out /tmp/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
+COMMON="--config configs/tiny.yaml --data.shards /tmp/shards --train.vae checkpoints/tiny --train.wandb disabled \
+  --flow.latent_scale $SCALE --flow.latent_shift $SHIFT"
+if [ "${BENCH:-1}" = 1 ]; then
 echo "== gpu.py ($(left) s left)"
 timeout $(( $(left) - 230 > 320 ? 320 : $(left) - 230 )) python3 benchmarks/gpu.py --repeats 6 2>&1 \
   | grep --line-buffered -v Warning | tee "$OUT/gpu.log"
 
 echo "== DeepSpeed ZeRO-2 + NCCL ($(left) s left)" | tee "$OUT/deepspeed.log"
-COMMON="--config configs/tiny.yaml --data.shards /tmp/shards --train.vae checkpoints/tiny --train.wandb disabled \
-  --flow.latent_scale $SCALE --flow.latent_shift $SHIFT"
 timeout 60 python3 -m torch.distributed.run --nproc_per_node 1 --master_port 29511 train.py $COMMON \
   --train.zero_stage 2 --data.batch_size $(( BATCH / 4 )) --train.steps 30 --train.log_every 10 --train.ckpt_every 30 \
   --train.out_dir /tmp/ds_run 2>&1 | grep -v Warning | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/deepspeed.log"
 ls /tmp/ds_run/checkpoints/* /tmp/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
+fi
 
 TRAIN="$COMMON --train.init checkpoints/tiny --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
   --train.warmup_steps 200 --train.ema_decay 0.999 --train.log_every 100"

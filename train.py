@@ -520,7 +520,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         self.module = self.task.model().to(self.device)
         if t.activation_checkpointing:
-            apply_activation_checkpointing(self.module)
+            apply_activation_checkpointing(self.module, t.checkpoint_policy)
         if t.compile:
             compile_blocks(self.module)
         self.ema = EMA(named_params(self.module), t.ema_decay)

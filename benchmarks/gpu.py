@@ -57,8 +57,8 @@ def train_step_fn(model: torch.nn.Module, forward, device: torch.device, dtype: 
 
 
 def bench_ours(preset: str, B: int, T: int, S: int, device, dtype, repeats: int, compiled: bool = False,
-               temporal: str = "sdpa") -> dict:
-    from videodit.speed import compile_blocks
+               temporal: str = "sdpa", checkpoint: str = "") -> dict:
+    from videodit.speed import apply_activation_checkpointing, compile_blocks
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(preset=preset, text_dim=4096 if device.type == "cuda" else 64, chunk_frames=4,
@@ -72,6 +72,8 @@ def bench_ours(preset: str, B: int, T: int, S: int, device, dtype, repeats: int,
                                   device, dtype)
     flops = count_flops(fwd_bwd)  # eager: the flop counter does not see inside compiled graphs
     model.zero_grad(set_to_none=True)
+    if checkpoint:  # after counting: the flop counter would count the recompute as work done
+        apply_activation_checkpointing(model, checkpoint)
     if compiled:
         compile_blocks(model)
         step()  # compile outside the timed region
@@ -216,6 +218,8 @@ def main() -> None:
     variants = [("videodit eager", lambda: bench_ours(preset, B, T, S, device, dtype, repeats)),
                 ("videodit comp+dense", lambda: bench_ours(preset, B, T, S, device, dtype, repeats, compiled=True,
                                                            temporal="dense")),
+                ("videodit comp+d+ckpt", lambda: bench_ours(preset, B, T, S, device, dtype, repeats, compiled=True,
+                                                           temporal="dense", checkpoint="save_matmuls")),
                 ("latte eager", lambda: bench_latte(preset, B, T, S, device, dtype, repeats, compiled=False)),
                 ("latte compiled", lambda: bench_latte(preset, B, T, S, device, dtype, repeats, compiled=True))]
     if not cuda:  # compilation is slow and beside the point on CPU

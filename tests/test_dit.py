@@ -175,6 +175,59 @@ def test_regional_compile_keeps_names_and_outputs():
     torch.testing.assert_close(model(x, t, text, mask), ref)
 
 
+@pytest.mark.parametrize("policy", ["full", "save_matmuls"])
+def test_activation_checkpointing_policies_same_gradients_less_recompute(policy):
+    """train.checkpoint_policy: both policies give the plain gradients; "full" replays each block's forward,
+    matmuls included, while "save_matmuls" keeps the matmul outputs and recomputes only the ops between them."""
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from videodit.speed import _matmul_ops, apply_activation_checkpointing
+
+    class CountMatmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n, self.total, self.ops = 0, 0, _matmul_ops()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func in self.ops
+            self.total += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    plain = small_dit().train()
+    x, t, text, mask = inputs()
+    noise = torch.randn_like(x)
+
+    def grads(model):
+        model.zero_grad()
+        loss = flow_loss(lambda a, b: model(a, b, text, mask), x, t, noise)
+        with CountMatmuls() as counter:
+            loss.backward()
+        return {n.replace("_checkpoint_wrapped_module.", ""): p.grad.clone() for n, p in model.named_parameters()}, \
+            (counter.n, counter.total)
+
+    ref, n_plain = grads(plain)
+    ckpt = copy.deepcopy(plain)
+    apply_activation_checkpointing(ckpt, policy)
+    got, n_ckpt = grads(ckpt)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-5, rtol=1e-4)
+    assert n_ckpt[1] > n_plain[1]  # both recompute part of the forward in the backward
+    if policy == "full":
+        assert n_ckpt[0] > n_plain[0]  # the block's matmuls run again
+    else:
+        assert n_ckpt[0] == n_plain[0]  # no matmul runs again: only element-wise ops are recomputed
+    with pytest.raises(ValueError, match="checkpoint policy"):
+        apply_activation_checkpointing(copy.deepcopy(plain), "none")
+    from videodit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="checkpoint_policy"):
+        load_config(None, {"train.checkpoint_policy": "none"})
+
+
 def test_bf16_weights_take_fp32_inputs():
     """DeepSpeed's bf16 engine holds bf16 weights and passes our fp32 latents and text through unchanged
     (a CUDA run failed on exactly this): the models cast inputs to their weights' dtype."""

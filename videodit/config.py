@@ -143,6 +143,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
     activation_checkpointing: bool = False
+    checkpoint_policy: str = "full"  # "full" (recompute each block) or "save_matmuls" (recompute element-wise ops only)
     compile: bool = False  # regional torch.compile: each transformer / VAE block compiled once, in place
     zero_stage: int = 0  # 0 = plain DDP-style data parallel; 1, 2, 3 = DeepSpeed ZeRO
     offload_optimizer: bool = False
@@ -380,6 +381,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.checkpoint_policy not in ("full", "save_matmuls"):
+        raise ConfigError(f"train.checkpoint_policy must be 'full' or 'save_matmuls', got '{t.checkpoint_policy}'")
     if t.nan_policy not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):

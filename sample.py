@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")
     p.add_argument("--context-noise", type=float, default=-1.0,
                    help="noise level (t) of finished chunks in the KV cache; default: the checkpoint's")
+    p.add_argument("--history-guidance", type=float, default=-1.0,
+                   help="push each chunk toward what its past predicts (0 = off); default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
     p.add_argument("--out", default="outputs/sample.mp4")
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
-                      context_noise=args.context_noise, seed=args.seed)
+                      context_noise=args.context_noise, history_guidance=args.history_guidance,
+                      seed=args.seed)
         check_output(out)
         if not Path(args.checkpoint).is_dir():
             shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT

@@ -118,6 +118,20 @@ def test_rolling_window_with_and_without_anchor(pipe, anchor):
             assert (a - b).abs().max() > 1e-3
 
 
+def test_history_guidance_extrapolates_from_the_prediction_without_past(pipe):
+    """sample.history_guidance g: v += g (v_with_past - v_without_past). The first chunk has no past, so it is
+    unchanged; with one Euler step the second chunk (same past for every g) moves linearly in g."""
+    def run(g):
+        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=1, history_guidance=g)
+        return list(pipe.latent_chunks(req))
+
+    z0, z1, z2 = run(0.0), run(1.0), run(2.0)
+    assert torch.equal(z0[0], z1[0]) and torch.equal(z0[0], z2[0])
+    step = z1[1] - z0[1]
+    assert step.abs().max() > 1e-3  # it does something
+    torch.testing.assert_close(z2[1] - z0[1], 2 * step, atol=1e-5, rtol=1e-4)
+
+
 def test_prompt_changes_along_the_timeline(pipe):
     one = Request(prompts=["a red circle"], at=[0.0], seconds=3.0, seed=0)
     two = Request(prompts=["a red circle", "a green triangle"], at=[0.0, 1.5], seconds=3.0, seed=0)
@@ -130,6 +144,7 @@ def test_prompt_changes_along_the_timeline(pipe):
     "kw, needle",
     [
         (dict(seconds=0), "--seconds"),
+        (dict(history_guidance=float("nan")), "--history-guidance"),
         (dict(seconds=10**6), "--seconds"),
         (dict(prompts=[" "]), "non-empty"),
         (dict(size=40), "--size"),

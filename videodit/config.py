@@ -170,6 +170,10 @@ class SampleConfig:
     # chunk's own small errors from the chunks after it, so they do not compound (noise augmentation of
     # the context, as in GameNGen, Valevski et al. 2024); training already shows noisy past chunks
     context_noise: float = 0.0
+    # history guidance (after Song et al. 2025, "History-Guided Video Diffusion"): each step also predicts the
+    # chunk without its past and moves away from that prediction, v += g (v_with_past - v_without_past), which
+    # strengthens what the cache says (the objects on screen) against what the prompt alone says; 0 = off
+    history_guidance: float = 0.0
     max_seconds: float = 600.0
 
 

@@ -43,6 +43,7 @@ class Request:
     window_chunks: int = -1
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
     context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
+    history_guidance: float = -1.0  # < 0 = the checkpoint's sample.history_guidance
     seed: int = 0
 
 
@@ -72,6 +73,7 @@ class Pipeline:
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
         r.anchor = s.anchor if r.anchor is None else r.anchor
         r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
+        r.history_guidance = s.history_guidance if r.history_guidance < 0 else r.history_guidance
         if not (0 < r.seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {r.seconds:g}")
         if not r.prompts or any(not p.strip() for p in r.prompts):
@@ -88,6 +90,8 @@ class Pipeline:
             )
         if not 0 <= r.context_noise < 1:
             raise GenerateError(f"--context-noise must be in [0, 1), got {r.context_noise:g}")
+        if not r.history_guidance >= 0:
+            raise GenerateError(f"--history-guidance must be >= 0 (0 = off), got {r.history_guidance:g}")
         if r.steps < 1:
             raise GenerateError("--steps must be >= 1")
         if r.sampler not in ("euler", "heun"):
@@ -136,10 +140,12 @@ class Pipeline:
 
             def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb) -> Tensor:
                 v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), t.repeat(nb), emb, mask, context)
-                if nb == 1:
-                    return v
-                vc, vu = v.chunk(2)
-                return vu + req.cfg_scale * (vc - vu)
+                vc, vu = (v, v) if nb == 1 else v.chunk(2)
+                out = vu + req.cfg_scale * (vc - vu)
+                if req.history_guidance and context:  # the first chunk has no past to guide by
+                    v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [])
+                    out = out + req.history_guidance * (vc - v_alone)
+                return out
 
             noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
             z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)

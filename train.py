@@ -631,10 +631,8 @@ class Trainer:
         )  # fmt: skip
         yield from loader
 
-    def train_step(self, step: int, batch: dict | None = None) -> float:
+    def train_step(self, step: int, batch: dict) -> float:
         cfg, dist = self.cfg, self.dist
-        if batch is None:
-            batch = next(self.batches(step, step + 1))
         model = self.engine if self.engine is not None else self.module
         total = 0.0
         # bf16 without DeepSpeed: autocast. DeepSpeed's bf16 engine holds bf16 weights instead, and the models

@@ -237,8 +237,8 @@ def main() -> None:
             release(device)
         r["mfu"] = r["flops"] / r["step_s"] / ceiling
         rows[name] = r
-        out[f"{name.replace(' ', '_').replace('+', '_')}_mfu"] = round(r["mfu"], 4)
-        out[f"{name.replace(' ', '_').replace('+', '_')}_ms"] = round(r["step_s"] * 1e3, 1)
+        key = name.replace(" ", "_").replace("+", "_")
+        out[f"{key}_mfu"], out[f"{key}_ms"] = round(r["mfu"], 4), round(r["step_s"] * 1e3, 1)
         print(f"{name:20} {r['step_s'] * 1e3:9.1f} {r['flops'] / 1e12:11.3f} {r['mfu']:7.1%} {r['mem_gib']:7.2f} "
               f"{r['params'] / 1e6:9.1f}", flush=True)
     ours = [(r["mfu"], n) for n, r in rows.items() if n.startswith("videodit")]

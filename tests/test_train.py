@@ -51,6 +51,15 @@ def weights(trainer: train.Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.module.state_dict().items()}
 
 
+def assert_same_run(a: train.Trainer, b: train.Trainer, steps: int) -> None:
+    """Same losses at every step and the same final weights, within 1e-6."""
+    la, lb = dict(a.losses), dict(b.losses)
+    assert la.keys() == lb.keys() == set(range(steps))
+    assert max(abs(la[k] - lb[k]) for k in la) <= 1e-6
+    wa, wb = weights(a), weights(b)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+
+
 def test_resume_equals_uninterrupted(vae_ckpt, tmp_path):
     whole = make_trainer(overrides(vae_ckpt, tmp_path / "a"))
     whole.fit()
@@ -59,11 +68,7 @@ def test_resume_equals_uninterrupted(vae_ckpt, tmp_path):
     resumed = make_trainer(overrides(vae_ckpt, tmp_path / "b"), resume="auto")
     assert resumed.start_step == 3
     resumed.fit()
-    la, lb = dict(whole.losses), dict(resumed.losses)
-    assert la.keys() == lb.keys() == set(range(6))
-    assert max(abs(la[k] - lb[k]) for k in la) <= 1e-6
-    wa, wb = weights(whole), weights(resumed)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+    assert_same_run(whole, resumed, 6)
     assert (tmp_path / "a" / "loss.png").stat().st_size > 0
 
 
@@ -73,11 +78,7 @@ def test_worker_prefetch_equals_loading_in_the_trainer(vae_ckpt, tmp_path):
     plain.fit()
     workers = make_trainer(overrides(vae_ckpt, tmp_path / "b", steps=4, **{"data.num_workers": 2}))
     workers.fit()
-    la, lb = dict(plain.losses), dict(workers.losses)
-    assert la.keys() == lb.keys() == set(range(4))
-    assert max(abs(la[k] - lb[k]) for k in la) <= 1e-6
-    wa, wb = weights(plain), weights(workers)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-6
+    assert_same_run(plain, workers, 4)
 
 
 def test_activation_checkpointing_and_sample_videos(vae_ckpt, tmp_path):

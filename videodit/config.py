@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+CHECKPOINT_POLICIES = ("full", "save_matmuls")  # train.checkpoint_policy (videodit.speed)
+
 
 class ConfigError(ValueError):
     """A user-facing configuration mistake; the message names the key and what to do."""
@@ -385,8 +387,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
-    if t.checkpoint_policy not in ("full", "save_matmuls"):
-        raise ConfigError(f"train.checkpoint_policy must be 'full' or 'save_matmuls', got '{t.checkpoint_policy}'")
+    if t.checkpoint_policy not in CHECKPOINT_POLICIES:
+        raise ConfigError(f"train.checkpoint_policy must be one of {CHECKPOINT_POLICIES}, got '{t.checkpoint_policy}'")
     if t.nan_policy not in ("stop", "skip"):
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):

@@ -225,11 +225,8 @@ class DiT(nn.Module):
         zero = torch.zeros(1)
         rope_s = rope_cos_sin(grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device))  # (S, Dh/2)
         T_past = sum(ckv[0][0].shape[2] for ckv in context)
-        rope_t = rope_cos_sin(
-            rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)[
-                :, 0
-            ].to(x.device)
-        )  # (T_past + T, Dh/2): only the time pairs rotate
+        angles_t = rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)
+        rope_t = rope_cos_sin(angles_t[:, 0].to(x.device))  # (T_past + T, Dh/2): only the time pairs rotate
         time_mask = self.time_mask(T_past, T, x.device)
 
         new_kv: ChunkKV = []

@@ -6,7 +6,11 @@ Both act on a model's blocks: the entries of its outermost nn.ModuleLists (the D
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
+
+from videodit.config import CHECKPOINT_POLICIES
 
 
 def block_lists(module: nn.Module) -> list[nn.ModuleList]:
@@ -18,17 +22,15 @@ def block_lists(module: nn.Module) -> list[nn.ModuleList]:
     return [m for _, m in found]
 
 
-CHECKPOINT_POLICIES = ("full", "save_matmuls")
-
-
-def _matmul_ops() -> set:
+@functools.lru_cache(maxsize=1)
+def _matmul_ops() -> frozenset:
     import torch
 
     aten = torch.ops.aten
     names = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention",
              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
              "_scaled_dot_product_flash_attention_for_cpu", "convolution")  # fmt: skip
-    return {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
 
 
 def _save_matmuls_context():

@@ -332,7 +332,8 @@ def load_init(folder: str, name: str) -> dict[str, Tensor]:
 def load_text_encoder_for(cfg: Config):
     from videodit.text_encoder import TextEncoder
 
-    if cfg.train.vae and (Path(cfg.train.vae) / "text_encoder").is_dir():
+    # an explicit text.pretrained wins; else the one that came with the VAE checkpoint; else the tiny built-in
+    if not cfg.text.pretrained and cfg.train.vae and (Path(cfg.train.vae) / "text_encoder").is_dir():
         return load_text_encoder(cfg.train.vae)
     return TextEncoder.from_config(cfg.text)
 

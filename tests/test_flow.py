@@ -79,3 +79,17 @@ def test_negative_shift_is_a_config_error():
 
     with pytest.raises(ConfigError, match="flow.shift"):
         load_config(None, {"flow.shift": -1.0})
+
+
+def test_uniform_share_of_t_covers_the_noisy_end_sampling_starts_from():
+    from videodit.config import ConfigError, load_config
+
+    g = torch.Generator().manual_seed(0)
+    base = sample_t(50000, 1, 1, 16, FlowConfig(shift=3.0), g)
+    mixed = sample_t(50000, 1, 1, 16, FlowConfig(shift=3.0, uniform_t_prob=0.3), g)
+    assert (base > 0.97).float().mean() < 0.012 and 0.025 < (mixed > 0.97).float().mean() < 0.04
+    assert (mixed > 0).all() and (mixed < 1).all()
+    with pytest.raises(ConfigError, match="uniform_t_prob"):
+        load_config(None, {"flow.uniform_t_prob": 1.5})
+    with pytest.raises(ConfigError, match="tiny_tokenizer"):
+        load_config(None, {"text.tiny_tokenizer": "sentencepiece"})

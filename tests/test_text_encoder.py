@@ -43,3 +43,48 @@ def test_tiny_is_deterministic_and_missing_path_is_clear(tmp_path):
     assert torch.equal(a(["hi"])[0], b(["hi"])[0])
     with pytest.raises(FileNotFoundError, match="T5 encoder"):
         TextEncoder.from_pretrained(tmp_path / "missing", 64)
+
+
+def test_word_tokenizer_covers_the_caption_language_and_round_trips(tmp_path):
+    from videodit.data.shapes import make_example, split_words
+    from videodit.text_encoder import main
+
+    te = TextEncoder.tiny(TextConfig(tiny_tokenizer="words"))
+    tok = te.tokenizer
+    for i in range(200):  # every caption word is in the vocabulary, split exactly as split_words does
+        for split in ("train", "heldout"):
+            caption = make_example(0, i, split)[1]
+            pieces = tok.convert_ids_to_tokens(tok(caption).input_ids)
+            assert pieces == split_words(caption) + ["</s>"] and "<unk>" not in pieces
+    assert tok.convert_ids_to_tokens(tok("A PURPLE circle!").input_ids) == ["a", "<unk>", "circle", "<unk>", "</s>"]
+    assert tok("").input_ids == [tok.eos_token_id]  # the unconditional prompt is one end-of-sequence token
+    prompts = ["a red ball moving up-left", "", "two blue squares"]
+    emb, mask = te(prompts)
+    assert mask.sum(1).tolist() == [8, 1, 4] and (emb[~mask] == 0).all()
+
+    assert main([str(tmp_path), "--tokenizer", "words"]) == 0  # the CLI that makes the folder for training
+    loaded = TextEncoder.from_pretrained(tmp_path / "text_encoder", max_length=128)
+    emb2, mask2 = loaded(prompts)
+    assert torch.equal(mask2, mask) and torch.allclose(emb2, emb, atol=1e-6)
+
+
+def test_explicit_text_encoder_wins_over_the_vae_checkpoints(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train
+    from videodit.checkpoint import save_text_encoder, write_config
+    from videodit.config import load_config
+    from videodit.text_encoder import main
+
+    vae_ckpt = tmp_path / "vae"
+    vae_ckpt.mkdir()
+    write_config(load_config(None, {}), vae_ckpt)
+    save_text_encoder(TextEncoder.tiny(TextConfig()), vae_ckpt)  # a byte-level one comes with the VAE
+    assert main([str(tmp_path / "t5"), "--tokenizer", "words"]) == 0
+    cfg = load_config(None, {"train.vae": str(vae_ckpt)})
+    assert train.load_text_encoder_for(cfg).model.config.vocab_size == 384  # the VAE checkpoint's
+    cfg = load_config(None, {"train.vae": str(vae_ckpt), "text.pretrained": str(tmp_path / "t5" / "text_encoder")})
+    assert train.load_text_encoder_for(cfg).tokenizer("red").input_ids[-1] == 1  # words: "red" </s>
+    assert train.load_text_encoder_for(cfg).model.config.vocab_size == 85

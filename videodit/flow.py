@@ -36,8 +36,11 @@ def sample_t(
 ) -> Tensor:
     """Training timesteps (B, frames): one per sample, or one per causal chunk when cfg.per_chunk_t."""
     n = math.ceil(frames / chunk_frames) if cfg.per_chunk_t else 1
-    u = torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean
-    t = shift_t(torch.sigmoid(u), timestep_shift(tokens, cfg))  # (B, n)
+    u = torch.sigmoid(torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean)
+    if cfg.uniform_t_prob > 0:  # a share of uniform draws covers the ends of [0, 1] that logit-normal starves
+        uniform = torch.rand(batch, n, generator=generator) < cfg.uniform_t_prob
+        u = torch.where(uniform, torch.rand(batch, n, generator=generator), u)
+    t = shift_t(u, timestep_shift(tokens, cfg))  # (B, n)
     if cfg.per_chunk_t and n > 1:
         # teacher forcing: a clean prefix of 1 .. n-1 chunks, as when continuing a video from its past
         clean = torch.rand(batch, generator=generator) < cfg.clean_context_prob

@@ -328,6 +328,20 @@ _DIR_LOOKUP = {w: d for d, words in _DIR_WORDS.items() for w in words}
 _SIZE_LOOKUP = {"small": "small", "little": "small", "tiny": "small", "large": "large", "big": "large", "huge": "large"}
 
 
+def vocabulary() -> list[str]:
+    """Every word of the caption language (all template words, colours, backgrounds, sizes, shape and direction
+    words, the parser's synonyms and the commas), sorted: the vocabulary of the tiny word-level T5."""
+    phrases = [*_SINGLE, *_DIAGONAL, *_SENTENCES, *_WHERE.values(), *_WARD.values(), "one an a and while ,"]
+    phrases += [*COLOURS, *BACKGROUNDS, *MOTIONS, *SIZES, *_SIZE_LOOKUP, *_SHAPE_LOOKUP, *_DIR_LOOKUP]
+    words = {w for p in phrases for w in split_words(re.sub(r"\{\w+\}", " ", p))}
+    return sorted(words)
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks, the unit of the word-level tokenizer ("up-left" -> up - left)."""
+    return re.findall(r"[a-z0-9]+|[^a-z0-9\s]", text.lower())
+
+
 def _direction(words: list[str]) -> str | None:
     found = {_DIR_LOOKUP[w] for w in words if w in _DIR_LOOKUP}
     v = [d for d in ("up", "down") if d in found]

@@ -222,7 +222,11 @@ class DiTTask:
     def model(self) -> nn.Module:
         dit = DiT(self.cfg.model)
         if self.cfg.train.init:
-            dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"))
+            missing, unexpected = dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"), strict=False)
+            # an export from before model.first_chunk_embed starts with the new vector at zero: the same model
+            if unexpected or set(missing) - {"first_chunk"}:
+                raise TrainError(f"train.init: '{self.cfg.train.init}' does not match this model (missing "
+                                 f"{missing[:3]}, unexpected {unexpected[:3]}); give an export of the same config")
         return DiTLoss(dit)
 
     @torch.no_grad()
@@ -340,6 +344,13 @@ def load_text_encoder_for(cfg: Config):
 
 # ----------------------------------------------------------------------------------------------------
 # optimisation helpers
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT to the trainer: a scheduler that signals the whole process group
+    (timeout, SLURM, Ctrl-C) must not kill them before the trainer has saved its checkpoint."""
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def lr_lambda(cfg: Config):
@@ -628,7 +639,7 @@ class Trainer:
             self.dataset, batch_sampler=StepBatches(len(self.dataset), cfg.data.batch_size, start, end,
                                                     self.batch_seed()),
             collate_fn=collate, num_workers=cfg.data.num_workers, prefetch_factor=4,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals,
         )  # fmt: skip
         yield from loader
 
@@ -851,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
             n = sum(p.numel() for p in trainer.module.parameters())
             print(f"{cfg.train.task}: {n / 1e6:.2f}M parameters, world {dist.world}, micro-batch {trainer.micro}, "
                   f"precision {trainer.precision}, ZeRO {cfg.train.zero_stage}, start step {trainer.start_step}")
+        if args.export_only and trainer.start_step == 0:
+            raise TrainError(f"--export-only: no checkpoint under {trainer.run_dir / 'checkpoints'}; train first "
+                             "(or point --train.out_dir at the run to export)")
         if not args.export_only:
             trainer.fit()
         folder = trainer.export()

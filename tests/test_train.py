@@ -109,6 +109,21 @@ def test_export_reproduces_the_trained_model(vae_ckpt, tmp_path):
     assert (folder / "vae.safetensors").is_file() and (folder / "text_encoder" / "config.json").is_file()
 
 
+def test_init_from_an_export_without_the_first_chunk_embedding(vae_ckpt, tmp_path):
+    tr = make_trainer(overrides(vae_ckpt, tmp_path / "old", steps=1))
+    tr.fit()
+    folder = tr.export()
+    new = make_trainer(overrides(vae_ckpt, tmp_path / "new", steps=1, **{"train.init": str(folder),
+                                                                          "model.first_chunk_embed": True}))
+    assert new.module.dit.first_chunk.abs().max() == 0
+    x, t = torch.randn(2, 16, 3, 4, 4), torch.rand(2, 3)
+    text, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.bool)
+    old = DiT(load_config(folder / "config.yaml").model)
+    old.load_state_dict(load_file(folder / "dit.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(new.module.dit(x, t, text, mask), old(x, t, text, mask))
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nan_loss(vae_ckpt, tmp_path, policy):
     tr = make_trainer(overrides(vae_ckpt, tmp_path, steps=6, **{"train.nan_policy": policy}))
@@ -215,3 +230,35 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in dec)
     with pytest.raises(Exception, match="freeze_encoder"):
         load_config(None, ["--train.task=vae", "--vae.freeze_encoder=true"])
+
+
+def test_sigterm_to_the_process_group_saves_a_checkpoint(vae_ckpt, tmp_path):
+    """A scheduler's SIGTERM reaches every process of the job (timeout, SLURM, Ctrl-C): the DataLoader workers
+    must leave it to the trainer, which checkpoints and exports; `--export-only` then has something to export."""
+    import signal
+
+    out = tmp_path / "run"
+    args = overrides(vae_ckpt, out, steps=100000, **{"data.num_workers": 2, "train.log_every": 1,
+                                                       "train.ckpt_every": 100000})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("step=2 "):
+                break
+        os.killpg(p.pid, signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 0, stderr[-3000:]
+    assert "received SIGTERM" in stdout
+    assert list((out / "checkpoints").glob("step_*/COMPLETE"))
+    assert (out / "export" / "dit.safetensors").stat().st_size > 0
+
+
+def test_export_only_without_a_checkpoint_is_an_error(vae_ckpt, tmp_path, capsys):
+    rc = train.main(overrides(vae_ckpt, tmp_path / "empty") + ["--export-only"])
+    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "empty" / "export").exists()

@@ -102,6 +102,31 @@ def test_chunked_with_cache_equals_whole(window):
         assert (v2 - ref).abs().max() < 1e-5  # ... and equals the whole forward when built from the window
 
 
+def test_first_chunk_embedding_marks_only_the_start_of_the_video():
+    """model.first_chunk_embed: the video's first chunk is told apart from a later chunk whose context is noise
+    (relative RoPE alone cannot), and chunked generation still equals the whole forward."""
+    model = small_dit(first_chunk_embed=True)
+    x, t, text, mask = inputs(T=8)
+    whole = model(x, t, text, mask)
+    context, outs = [], []
+    for c in range(4):
+        v, kv = model.forward_chunk(x[:, :, 2 * c : 2 * c + 2], t[:, 2 * c : 2 * c + 2], text, mask, context, 2 * c)
+        outs.append(v)
+        context.append(kv)
+    assert (torch.cat(outs, 2) - whole).abs().max() < 1e-5
+    # the same frames at the start of a video and later (start=2) differ, without context as with it
+    first, _ = model.forward_chunk(x[:, :, 2:4], t[:, 2:4], text, mask, [])  # no context: the first chunk
+    assert torch.equal(first, model(x[:, :, 2:4], t[:, 2:4], text, mask))
+    later = model(x[:, :, 2:4], t[:, 2:4], text, mask, start=2)
+    assert (first - later).abs().max() > 1e-4
+    # a zero vector is the model without it (fine-tuning an older export starts from the same function)
+    plain = small_dit()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "first_chunk"})
+    with torch.no_grad():
+        model.first_chunk.zero_()
+    assert torch.equal(model(x, t, text, mask), plain(x, t, text, mask))
+
+
 def test_bad_latents_are_clear():
     model = small_dit()
     x, t, text, mask = inputs(H=7)

@@ -44,6 +44,10 @@ class DiTConfig:
     # pooled text vector to the timestep): global attributes (colour, shape, motion) reach every token
     # directly instead of only through cross-attention
     pooled_text: bool = True
+    # add a learned vector to the adaLN conditioning of the video's first chunk. Temporal RoPE is relative, so
+    # without it a chunk that starts a video and a later chunk whose context is still noise look alike, and
+    # the first chunk is drawn from the whole clip's mixture (for bouncing shapes: the wrong way half the time)
+    first_chunk_embed: bool = False
 
 
 DIT_PRESETS: dict[str, dict[str, Any]] = {

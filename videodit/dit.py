@@ -159,6 +159,7 @@ class DiT(nn.Module):
         self.text_pool = (
             nn.Sequential(nn.Linear(cfg.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if cfg.pooled_text else None
         )
+        self.first_chunk = nn.Parameter(torch.zeros(D)) if cfg.first_chunk_embed else None
         self.blocks = nn.ModuleList(
             DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.temporal_attention) for _ in range(cfg.depth)
         )
@@ -196,7 +197,7 @@ class DiT(nn.Module):
         mask = k_chunk[None, :] <= q_chunk[:, None]
         return None if bool(mask.all()) else mask
 
-    def _run(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV]):
+    def _run(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV], start: int):
         B, C, T_lat, H, W = x.shape
         if C != self.cfg.in_channels:
             raise ValueError(f"DiT expects {self.cfg.in_channels} latent channels, got {C}")
@@ -217,6 +218,10 @@ class DiT(nn.Module):
             w = text_mask.to(dtype)[..., None]  # (B, L, 1): padding does not count
             pooled = (text * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, text_dim)
             c = c + self.text_pool(pooled)[:, None]  # (B, T, D)
+        if self.first_chunk is not None:  # the frames of the video's first chunk (start: x's first latent frame)
+            cf = self.cfg.chunk_frames // pt or 1
+            first = (torch.arange(T, device=c.device) + start // pt < cf).to(c.dtype)
+            c = c + first[None, :, None] * self.first_chunk.to(c.dtype)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
         txt = self.text_embed(text)  # (B, L, D)
 
@@ -241,19 +246,23 @@ class DiT(nn.Module):
         out = self.final(tokens, c)  # (B, T, S, patch_dim)
         return unpatchify(out, self.cfg.patch, H, W), new_kv  # (B, C, T_lat, H, W)
 
-    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, start: int = 0) -> Tensor:
         """Velocity for the whole clip with block-causal temporal attention.
 
         x (B, C, T, H, W) noisy latents; t (B,) or (B, T) per latent frame in [0, 1];
         text (B, L, text_dim); text_mask (B, L) bool -> (B, C, T, H, W).
+        start: the latent frame of the video that x begins at (0: x starts the video).
         """
-        v, _ = self._run(x, t, text, text_mask, context=[])
+        v, _ = self._run(x, t, text, text_mask, context=[], start=start)
         return v
 
     def forward_chunk(
-        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV]
+        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV], start: int | None = None
     ) -> tuple[Tensor, ChunkKV]:
         """Velocity for one new chunk that attends to cached clean chunks (oldest first), and the chunk's own
         keys/values to append to the cache once it is clean. Positions count from the first context frame,
-        so any window of past chunks (e.g. an anchor plus the most recent ones) is laid out contiguously."""
-        return self._run(x, t, text, text_mask, context=context)
+        so any window of past chunks (e.g. an anchor plus the most recent ones) is laid out contiguously.
+        start: the chunk's first latent frame in the video; None = 0 without context, else a later chunk."""
+        if start is None:
+            start = sum(ckv[0][0].shape[2] for ckv in context) * self.cfg.patch[0] if context else 0
+        return self._run(x, t, text, text_mask, context=context, start=start)

@@ -138,12 +138,12 @@ class Pipeline:
             nb = emb.shape[0]
             context = ([anchor] if anchor is not None else []) + recent
 
-            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb) -> Tensor:
-                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), t.repeat(nb), emb, mask, context)
+            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb, start=start) -> Tensor:
+                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), t.repeat(nb), emb, mask, context, start)
                 vc, vu = (v, v) if nb == 1 else v.chunk(2)
                 out = vu + req.cfg_scale * (vc - vu)
                 if req.history_guidance and context:  # the first chunk has no past to guide by
-                    v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [])
+                    v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [], start)
                     out = out + req.history_guidance * (vc - v_alone)
                 return out
 
@@ -151,7 +151,7 @@ class Pipeline:
             z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
             tc = torch.full((nb,), req.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if req.context_noise > 0 else z
-            _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context)
+            _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context, start)
             if start == 0 and req.anchor:
                 anchor = kv
             else:

@@ -8,9 +8,14 @@
 #   3. train.py with DeepSpeed ZeRO-2, bf16 and NCCL on one GPU (a short run on those shards);
 #   4. the shipped DiT fine-tuned from checkpoints/tiny on the shards (bf16 autocast, workers prefetching),
 #      its step count sized by a short probe to end inside the budget; the export lands in OUT/.
+#   5. optionally (VAE_STEPS > 0), at the same time on the same GPU: a decoder-only fine-tune of the shipped VAE
+#      on procedural clips rendered on the fly (the encoder, so the latents the DiT sees, stay bit-identical).
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_S] [CLIPS]   (wheels in .whl/ are installed first)
 #   BENCH=0 skips steps 2-3 (a session that only trains: the rest of the budget goes to step 4);
-#   BATCH (256) and PROBE (120 steps) size the fine-tune.
+#   BATCH (256) and PROBE (120 steps) size the fine-tune; STEPS=N skips the probe and trains N steps (stopped
+#   early by SIGTERM, which checkpoints, if the budget runs out); TEXT=FOLDER caches and trains with that text
+#   encoder (e.g. one from `python -m videodit.text_encoder OUT --tokenizer words`); EXTRA adds train.py options;
+#   VAE_STEPS / VAE_BATCH (32) size step 5.
 set -u
 OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
 T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -25,14 +30,36 @@ python3 -c "import torch, transformers, deepspeed, diffusers; print('torch', tor
 LAT=$(python3 -c "import yaml; f = yaml.safe_load(open('checkpoints/tiny/config.yaml'))['flow']; print(f['latent_scale'], f['latent_shift'])")
 set -- $LAT; SCALE=$1; SHIFT=$2
 
+TXT_CACHE=""; TXT_TRAIN=""
+if [ -n "${TEXT:-}" ] && ! python3 -c "from videodit.text_encoder import TextEncoder; from videodit.config import \
+TextConfig; TextEncoder.from_config(TextConfig(pretrained='$TEXT'))(['a red circle moving up'])" >/dev/null; then
+  echo "TEXT=$TEXT does not load here: caching and training with the shipped text encoder instead" | tee -a "$OUT/env.txt"
+  TEXT=""
+fi
+if [ -n "${TEXT:-}" ]; then TXT_CACHE="--text-encoder $TEXT"; TXT_TRAIN="--text.pretrained $TEXT"; fi
+
+VAE_STEPS=${VAE_STEPS:-0}
+if [ "$VAE_STEPS" -gt 0 ]; then
+  mkdir -p "$OUT/vae"
+  echo "== VAE decoder fine-tune, $VAE_STEPS steps in the background ($(left) s left)" | tee "$OUT/vae/vae.log"
+  VAE_ARGS="--config configs/vae_tiny.yaml --train.init checkpoints/tiny --vae.freeze_encoder true \
+    --data.crop 0 --data.num_clips 200000 --data.batch_size ${VAE_BATCH:-32} --data.num_workers 5 --train.precision fp32 \
+    --train.steps $VAE_STEPS --train.lr 2e-4 --train.warmup_steps 100 --train.ema_decay 0.999 --train.log_every 200 \
+    --train.ckpt_every 100000 --train.wandb disabled --train.out_dir /tmp/vae_gpu"
+  ( timeout -s TERM $(( $(left) - 30 )) python3 train.py $VAE_ARGS 2>&1 | tr '\r' '\n' | grep -v "^train vae" >> "$OUT/vae/vae.log"
+    [ -f /tmp/vae_gpu/export/vae.safetensors ] || python3 train.py $VAE_ARGS --export-only 2>&1 | tail -2 >> "$OUT/vae/vae.log"
+    cp /tmp/vae_gpu/export/vae.safetensors /tmp/vae_gpu/loss.png "$OUT/vae/" 2>/dev/null ) &
+  VAE_PID=$!
+fi
+
 echo "== cache $CLIPS shapes clips ($(left) s left)" | tee "$OUT/train.log"
 s=$(date +%s)
-timeout 150 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 64 --vae checkpoints/tiny \
+timeout 200 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 64 --vae checkpoints/tiny $TXT_CACHE \
   --out /tmp/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
 COMMON="--config configs/tiny.yaml --data.shards /tmp/shards --train.vae checkpoints/tiny --train.wandb disabled \
-  --flow.latent_scale $SCALE --flow.latent_shift $SHIFT"
+  --flow.latent_scale $SCALE --flow.latent_shift $SHIFT $TXT_TRAIN"
 if [ "${BENCH:-1}" = 1 ]; then
 echo "== gpu.py ($(left) s left)"
 timeout $(( $(left) - 230 > 320 ? 320 : $(left) - 230 )) python3 benchmarks/gpu.py --repeats 6 2>&1 \
@@ -46,16 +73,21 @@ ls /tmp/ds_run/checkpoints/* /tmp/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.lo
 fi
 
 TRAIN="$COMMON --train.init checkpoints/tiny --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
-  --train.warmup_steps 200 --train.ema_decay 0.999 --train.log_every 100"
+  --train.warmup_steps 200 --train.ema_decay 0.999 --train.log_every 100 ${EXTRA:-}"
+if [ -n "${STEPS:-}" ]; then
+echo "== train $STEPS steps ($(left) s left)" | tee -a "$OUT/train.log"
+else
 echo "== probe ($(left) s left)" | tee -a "$OUT/train.log"
 timeout 60 python3 train.py $TRAIN --train.steps $PROBE --train.log_every $(( PROBE / 2 )) --train.ckpt_every 1000 \
   --train.out_dir /tmp/probe 2>&1 | tr '\r' '\n' | grep "^step=" | tee -a "$OUT/train.log"
 SPS=$(grep "^step=$PROBE " "$OUT/train.log" | sed 's/.*samples_per_s=\([0-9.]*\).*/\1/')
 STEPS=$(python3 -c "print(max(200, int(($(left) - 45) * ${SPS:-0} / $BATCH) // 100 * 100))")
 echo "== train $STEPS steps at $SPS samples/s ($(left) s left)" | tee -a "$OUT/train.log"
+fi
 timeout -s TERM $(( $(left) - 20 )) python3 train.py $TRAIN --train.steps "$STEPS" --train.ckpt_every 100000 \
   --train.out_dir /tmp/dit_gpu 2>&1 | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/train.log"
 [ -f /tmp/dit_gpu/export/dit.safetensors ] || python3 train.py $TRAIN --train.steps "$STEPS" \
   --train.out_dir /tmp/dit_gpu --export-only 2>&1 | tail -2 | tee -a "$OUT/train.log"
 cp /tmp/dit_gpu/export/dit.safetensors /tmp/dit_gpu/export/config.yaml /tmp/dit_gpu/loss.png "$OUT/" 2>/dev/null
+[ -n "${VAE_PID:-}" ] && wait "$VAE_PID"
 echo "== done ($(left) s left)" | tee -a "$OUT/train.log"

@@ -20,6 +20,8 @@ set -u
 OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
 T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 mkdir -p "$OUT"
+WORK=$(mktemp -d)  # this run's shards and training runs: never a stale export or cache from an earlier run
+echo "shards and training runs under $WORK"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -45,20 +47,20 @@ if [ "$VAE_STEPS" -gt 0 ]; then
   VAE_ARGS="--config configs/vae_tiny.yaml --train.init checkpoints/tiny --vae.freeze_encoder true \
     --data.crop 0 --data.num_clips 200000 --data.batch_size ${VAE_BATCH:-32} --data.num_workers 5 --train.precision fp32 \
     --train.steps $VAE_STEPS --train.lr 2e-4 --train.warmup_steps 100 --train.ema_decay 0.999 --train.log_every 200 \
-    --train.ckpt_every 100000 --train.wandb disabled --train.out_dir /tmp/vae_gpu"
+    --train.ckpt_every 100000 --train.wandb disabled --train.out_dir $WORK/vae_gpu"
   ( timeout -s TERM $(( $(left) - 30 )) python3 train.py $VAE_ARGS 2>&1 | tr '\r' '\n' | grep -v "^train vae" >> "$OUT/vae/vae.log"
-    [ -f /tmp/vae_gpu/export/vae.safetensors ] || python3 train.py $VAE_ARGS --export-only 2>&1 | tail -2 >> "$OUT/vae/vae.log"
-    cp /tmp/vae_gpu/export/vae.safetensors /tmp/vae_gpu/loss.png "$OUT/vae/" 2>/dev/null ) &
+    [ -f $WORK/vae_gpu/export/vae.safetensors ] || python3 train.py $VAE_ARGS --export-only 2>&1 | tail -2 >> "$OUT/vae/vae.log"
+    cp $WORK/vae_gpu/export/vae.safetensors $WORK/vae_gpu/loss.png "$OUT/vae/" 2>/dev/null ) &
   VAE_PID=$!
 fi
 
 echo "== cache $CLIPS shapes clips ($(left) s left)" | tee "$OUT/train.log"
 s=$(date +%s)
 timeout 200 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 64 --vae checkpoints/tiny $TXT_CACHE \
-  --out /tmp/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
+  --out $WORK/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
-COMMON="--config configs/tiny.yaml --data.shards /tmp/shards --train.vae checkpoints/tiny --train.wandb disabled \
+COMMON="--config configs/tiny.yaml --data.shards $WORK/shards --train.vae checkpoints/tiny --train.wandb disabled \
   --flow.latent_scale $SCALE --flow.latent_shift $SHIFT $TXT_TRAIN"
 if [ "${BENCH:-1}" = 1 ]; then
 echo "== gpu.py ($(left) s left)"
@@ -68,8 +70,8 @@ timeout $(( $(left) - 230 > 320 ? 320 : $(left) - 230 )) python3 benchmarks/gpu.
 echo "== DeepSpeed ZeRO-2 + NCCL ($(left) s left)" | tee "$OUT/deepspeed.log"
 timeout 60 python3 -m torch.distributed.run --nproc_per_node 1 --master_port 29511 train.py $COMMON \
   --train.zero_stage 2 --data.batch_size $(( BATCH / 4 )) --train.steps 30 --train.log_every 10 --train.ckpt_every 30 \
-  --train.out_dir /tmp/ds_run 2>&1 | grep -v Warning | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/deepspeed.log"
-ls /tmp/ds_run/checkpoints/* /tmp/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
+  --train.out_dir $WORK/ds_run 2>&1 | grep -v Warning | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/deepspeed.log"
+ls $WORK/ds_run/checkpoints/* $WORK/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
 fi
 
 TRAIN="$COMMON --train.init checkpoints/tiny --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
@@ -79,15 +81,15 @@ echo "== train $STEPS steps ($(left) s left)" | tee -a "$OUT/train.log"
 else
 echo "== probe ($(left) s left)" | tee -a "$OUT/train.log"
 timeout 60 python3 train.py $TRAIN --train.steps $PROBE --train.log_every $(( PROBE / 2 )) --train.ckpt_every 1000 \
-  --train.out_dir /tmp/probe 2>&1 | tr '\r' '\n' | grep "^step=" | tee -a "$OUT/train.log"
+  --train.out_dir $WORK/probe 2>&1 | tr '\r' '\n' | grep "^step=" | tee -a "$OUT/train.log"
 SPS=$(grep "^step=$PROBE " "$OUT/train.log" | sed 's/.*samples_per_s=\([0-9.]*\).*/\1/')
 STEPS=$(python3 -c "print(max(200, int(($(left) - 45) * ${SPS:-0} / $BATCH) // 100 * 100))")
 echo "== train $STEPS steps at $SPS samples/s ($(left) s left)" | tee -a "$OUT/train.log"
 fi
 timeout -s TERM $(( $(left) - 20 )) python3 train.py $TRAIN --train.steps "$STEPS" --train.ckpt_every 100000 \
-  --train.out_dir /tmp/dit_gpu 2>&1 | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/train.log"
-[ -f /tmp/dit_gpu/export/dit.safetensors ] || python3 train.py $TRAIN --train.steps "$STEPS" \
-  --train.out_dir /tmp/dit_gpu --export-only 2>&1 | tail -2 | tee -a "$OUT/train.log"
-cp /tmp/dit_gpu/export/dit.safetensors /tmp/dit_gpu/export/config.yaml /tmp/dit_gpu/loss.png "$OUT/" 2>/dev/null
+  --train.out_dir $WORK/dit_gpu 2>&1 | tr '\r' '\n' | grep -v "^train dit" | tee -a "$OUT/train.log"
+[ -f $WORK/dit_gpu/export/dit.safetensors ] || python3 train.py $TRAIN --train.steps "$STEPS" \
+  --train.out_dir $WORK/dit_gpu --export-only 2>&1 | tail -2 | tee -a "$OUT/train.log"
+cp $WORK/dit_gpu/export/dit.safetensors $WORK/dit_gpu/export/config.yaml $WORK/dit_gpu/loss.png "$OUT/" 2>/dev/null
 [ -n "${VAE_PID:-}" ] && wait "$VAE_PID"
 echo "== done ($(left) s left)" | tee -a "$OUT/train.log"

@@ -1,6 +1,6 @@
 """Does the DiT's first chunk listen to the direction words? A teacher-forced probe, no sampling.
 
-    python benchmarks/direction_probe.py [--checkpoint checkpoints/tiny] [--num 128]
+    python benchmarks/direction_probe.py [--checkpoint checkpoints/tiny] [--num 96]
 
 For procedural clips (train split) and their captions, the first chunk of latents is noised to several t and
 the checkpoint's velocity error on it is measured with the caption, with the same caption whose direction is
@@ -51,7 +51,7 @@ def example_pair(seed: int, index: int) -> tuple[np.ndarray, str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "tiny"))
-    ap.add_argument("--num", type=int, default=128, help="clips")
+    ap.add_argument("--num", type=int, default=96, help="clips")
     ap.add_argument("--seed", type=int, default=5, help="procedural dataset seed")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

@@ -189,15 +189,22 @@ class DiT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def chunk_tokens(self) -> int:
+        """Temporal tokens per causal chunk (chunk_frames latent frames after temporal patching)."""
+        return self.cfg.chunk_frames // self.cfg.patch[0] or 1
+
     def time_mask(self, T_past: int, T: int, device: torch.device) -> Tensor | None:
         """Block-causal mask (T, T_past + T): frame i sees frame j iff chunk(j) <= chunk(i). None = all allowed."""
-        cf = self.cfg.chunk_frames // self.cfg.patch[0] or 1
+        cf = self.chunk_tokens
         q_chunk = torch.arange(T_past, T_past + T, device=device) // cf
         k_chunk = torch.arange(T_past + T, device=device) // cf
         mask = k_chunk[None, :] <= q_chunk[:, None]
         return None if bool(mask.all()) else mask
 
-    def _run(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV], start: int):
+    def _run(
+        self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, context: list[ChunkKV], start: int | None
+    ):
         B, C, T_lat, H, W = x.shape
         if C != self.cfg.in_channels:
             raise ValueError(f"DiT expects {self.cfg.in_channels} latent channels, got {C}")
@@ -218,9 +225,11 @@ class DiT(nn.Module):
             w = text_mask.to(dtype)[..., None]  # (B, L, 1): padding does not count
             pooled = (text * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, text_dim)
             c = c + self.text_pool(pooled)[:, None]  # (B, T, D)
-        if self.first_chunk is not None:  # the frames of the video's first chunk (start: x's first latent frame)
-            cf = self.cfg.chunk_frames // pt or 1
-            first = (torch.arange(T, device=c.device) + start // pt < cf).to(c.dtype)
+        T_past = sum(ckv[0][0].shape[2] for ckv in context)  # cached temporal tokens
+        if start is None:  # x's first latent frame in the video: 0 without context, else past the cache
+            start = T_past * pt
+        if self.first_chunk is not None:  # the frames of the video's first chunk
+            first = (torch.arange(T, device=c.device) + start // pt < self.chunk_tokens).to(c.dtype)
             c = c + first[None, :, None] * self.first_chunk.to(c.dtype)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
         txt = self.text_embed(text)  # (B, L, D)
@@ -229,7 +238,6 @@ class DiT(nn.Module):
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]
         zero = torch.zeros(1)
         rope_s = rope_cos_sin(grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device))  # (S, Dh/2)
-        T_past = sum(ckv[0][0].shape[2] for ckv in context)
         angles_t = rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)
         rope_t = rope_cos_sin(angles_t[:, 0].to(x.device))  # (T_past + T, Dh/2): only the time pairs rotate
         time_mask = self.time_mask(T_past, T, x.device)
@@ -263,6 +271,4 @@ class DiT(nn.Module):
         keys/values to append to the cache once it is clean. Positions count from the first context frame,
         so any window of past chunks (e.g. an anchor plus the most recent ones) is laid out contiguously.
         start: the chunk's first latent frame in the video; None = 0 without context, else a later chunk."""
-        if start is None:
-            start = sum(ckv[0][0].shape[2] for ckv in context) * self.cfg.patch[0] if context else 0
         return self._run(x, t, text, text_mask, context=context, start=start)

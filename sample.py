@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="noise level (t) of finished chunks in the KV cache; default: the checkpoint's")
     p.add_argument("--history-guidance", type=float, default=-1.0,
                    help="push each chunk toward what its past predicts (0 = off); default: the checkpoint's")
+    p.add_argument("--first-frame-first", choices=["on", "off"], default="",
+                   help="sample the first frame, then the opening motion from it; default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
     p.add_argument("--out", default="outputs/sample.mp4")
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
-                      seed=args.seed)
+                      first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
         check_output(out)
         if not Path(args.checkpoint).is_dir():
             shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT

@@ -7,7 +7,9 @@ the checkpoint's velocity error on it is measured with the caption, with the sam
 reversed (same template, same words otherwise: "moving left" -> "moving right") and, for scale, with another
 clip's caption. A model that decides the initial motion from the text loses clearly more with the reversed
 caption; a model that ignores the direction words loses the same. The second chunk, given a clean first chunk,
-is the control: its motion is fixed by the context, so the text should matter little there.
+is the control: its motion is fixed by the context, so the text should matter little there. The first chunk's
+later frames given a clean first frame (what flow.clean_first_frame_prob trains and sample.first_frame_first
+samples) are the case where the direction words should matter most: the picture is known, its motion is not.
 
 Last line: one JSON object with the relative loss increase (%) of the first chunk at each t.
 """
@@ -72,7 +74,9 @@ def main() -> None:
         texts = [te(list(c)) for c in (caps, flips, caps[1:] + caps[:1])]
         noise = torch.randn(x0.shape)
         rows, out = [], {}
-        for name, lo, hi in (("first chunk", 0, cf), ("second chunk | clean first", cf, min(2 * cf, x0.shape[2]))):
+        parts = (("first chunk", 0, cf), ("first chunk | clean frame 0", 1, cf),
+                 ("second chunk | clean first", cf, min(2 * cf, x0.shape[2])))
+        for name, lo, hi in parts:
             for tv in (1.0, 0.95, 0.85, 0.6):
                 t = torch.zeros(len(x0), hi)
                 t[:, lo:hi] = tv
@@ -81,8 +85,8 @@ def main() -> None:
                 loss = [(dit(xt, t, e, m.bool())[:, :, lo:hi] - target).pow(2).mean().item() for e, m in texts]
                 gain = 100 * (loss[1] / loss[0] - 1)
                 rows.append((name, tv, *loss, gain, 100 * (loss[2] / loss[0] - 1)))
-                if lo == 0:
-                    out[f"first_chunk_t{tv:g}"] = round(gain, 2)
+                if hi <= cf:
+                    out[f"{'first_chunk' if lo == 0 else 'clean_frame0'}_t{tv:g}"] = round(gain, 2)
     head = ("frames", "t", "caption", "reversed", "increase", "other clip", "increase")
     print("\n{:>28} {:>5} {:>9} {:>9} {:>9} {:>10} {:>9}".format(*head))
     for name, tv, a, b, c, g, gs in rows:

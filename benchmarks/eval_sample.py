@@ -40,10 +40,11 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 
 def _generate_one(job: tuple) -> Path:
-    checkpoint, prompt, seconds, steps, cfg_scale, window, anchor, context_noise, history, seed, out = job
+    checkpoint, prompt, seconds, steps, cfg_scale, window, anchor, context_noise, history, fff, seed, out = job
+    onoff = {"on": True, "off": False}
     req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg_scale,
-                  window_chunks=window, anchor={"on": True, "off": False}.get(anchor),
-                  context_noise=context_noise, history_guidance=history, seed=seed)
+                  window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
+                  history_guidance=history, first_frame_first=onoff.get(fff), seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
 
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--anchor", choices=["on", "off"], default="", help="default: the checkpoint's")
     ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
     ap.add_argument("--history-guidance", type=float, default=-1.0, help="default: the checkpoint's")
+    ap.add_argument("--first-frame-first", choices=["on", "off"], default="", help="default: the checkpoint's")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
     ap.add_argument("--split", choices=["heldout", "train"], default="heldout",
                     help="held-out combinations (the measure) or training ones (is generalisation the gap?)")
@@ -90,7 +92,8 @@ def main() -> None:
 
     t0 = time.time()
     jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.window, args.anchor, args.context_noise,
-             args.history_guidance, args.seed + i, str(out_dir / f"{i:03d}.mp4")) for i, p in enumerate(prompts)]
+             args.history_guidance, args.first_frame_first, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+            for i, p in enumerate(prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads
             import multiprocessing as mp

@@ -93,3 +93,20 @@ def test_uniform_share_of_t_covers_the_noisy_end_sampling_starts_from():
         load_config(None, {"flow.uniform_t_prob": 1.5})
     with pytest.raises(ConfigError, match="tiny_tokenizer"):
         load_config(None, {"text.tiny_tokenizer": "sentencepiece"})
+
+
+def test_clean_first_frame_share_and_unchanged_draws_when_off():
+    from videodit.config import ConfigError, load_config
+
+    cfg = FlowConfig(clean_context_prob=0.5)
+    a = sample_t(4000, 7, 2, 256, cfg, torch.Generator().manual_seed(0))
+    b = sample_t(4000, 7, 2, 256, FlowConfig(clean_context_prob=0.5, clean_first_frame_prob=0.4),
+                 torch.Generator().manual_seed(0))
+    changed = (a != b).any(1)
+    assert torch.equal(a[:, 1:], b[:, 1:])  # only the first frame changes, and only to clean
+    assert (b[changed, 0] == 0).all() and (a[changed, 0] > 0).all()
+    noisy_start = a[:, 0] > 0
+    assert 0.35 < changed[noisy_start].float().mean() < 0.45  # of the clips whose first chunk is noisy
+    assert ((b[:, 0] == 0) & (b[:, 1] > 0)).float().mean() > 0.15  # a known first frame, the rest of its chunk noisy
+    with pytest.raises(ConfigError, match="clean_first_frame_prob"):
+        load_config(None, {"flow.clean_first_frame_prob": -0.1})

@@ -120,6 +120,11 @@ class FlowConfig:
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
     clean_context_prob: float = 0.5  # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0),
     # the context the model sees when sampling chunk by chunk
+    # chance that a clip whose first chunk is noisy gets a clean first latent frame (t = 0) instead: the model
+    # then predicts how a known first picture moves, where the caption's direction is the main unknown (in a
+    # whole noisy first chunk the text's say on motion is a few % of the loss and is barely learned); pairs
+    # with sample.first_frame_first
+    clean_first_frame_prob: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
     latent_shift: float = 0.0
@@ -189,6 +194,10 @@ class SampleConfig:
     # chunk without its past and moves away from that prediction, v += g (v_with_past - v_without_past), which
     # strengthens what the cache says (the objects on screen) against what the prompt alone says; 0 = off
     history_guidance: float = 0.0
+    # sample the first chunk, keep its first latent frame, then sample the chunk's later frames again from
+    # noise with that frame clean (t = 0), so the prompt sets the motion from a known start. Needs a model
+    # trained with flow.clean_first_frame_prob > 0
+    first_frame_first: bool = False
     max_seconds: float = 600.0
 
 
@@ -389,6 +398,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"text.tiny_tokenizer must be 'byte' or 'words', got '{cfg.text.tiny_tokenizer}'")
     if not 0.0 <= cfg.flow.uniform_t_prob <= 1.0:
         raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
+    if not 0.0 <= cfg.flow.clean_first_frame_prob <= 1.0:
+        raise ConfigError(
+            f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"
+        )
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
     if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:

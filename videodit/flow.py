@@ -46,7 +46,12 @@ def sample_t(
         clean = torch.rand(batch, generator=generator) < cfg.clean_context_prob
         prefix = torch.randint(1, n, (batch,), generator=generator) * clean  # (B,), 0 = no clean prefix
         t = torch.where(torch.arange(n)[None] < prefix[:, None], torch.zeros_like(t), t)
-    return t.repeat_interleave(chunk_frames if cfg.per_chunk_t else frames, dim=1)[:, :frames]
+    t = t.repeat_interleave(chunk_frames if cfg.per_chunk_t else frames, dim=1)[:, :frames]
+    if cfg.clean_first_frame_prob > 0 and frames > 1:  # a known first picture: learn its motion from the text
+        first = (torch.rand(batch, generator=generator) < cfg.clean_first_frame_prob) & (t[:, 0] > 0)
+        t = t.clone()
+        t[first, 0] = 0.0
+    return t
 
 
 def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:

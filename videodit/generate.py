@@ -44,6 +44,7 @@ class Request:
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
     context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
     history_guidance: float = -1.0  # < 0 = the checkpoint's sample.history_guidance
+    first_frame_first: bool | None = None  # None = the checkpoint's sample.first_frame_first
     seed: int = 0
 
 
@@ -74,6 +75,7 @@ class Pipeline:
         r.anchor = s.anchor if r.anchor is None else r.anchor
         r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
         r.history_guidance = s.history_guidance if r.history_guidance < 0 else r.history_guidance
+        r.first_frame_first = s.first_frame_first if r.first_frame_first is None else r.first_frame_first
         if not (0 < r.seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {r.seconds:g}")
         if not r.prompts or any(not p.strip() for p in r.prompts):
@@ -139,7 +141,8 @@ class Pipeline:
             context = ([anchor] if anchor is not None else []) + recent
 
             def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb, start=start) -> Tensor:
-                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), t.repeat(nb), emb, mask, context, start)
+                tb = t.repeat(nb, *[1] * (t.dim() - 1))
+                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, context, start)
                 vc, vu = (v, v) if nb == 1 else v.chunk(2)
                 out = vu + req.cfg_scale * (vc - vu)
                 if req.history_guidance and context:  # the first chunk has no past to guide by
@@ -149,6 +152,8 @@ class Pipeline:
 
             noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
             z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
+            if start == 0 and req.first_frame_first and Tc > 1:
+                z = self.resample_after_first(velocity, z, g, req, shift)
             tc = torch.full((nb,), req.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if req.context_noise > 0 else z
             _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context, start)
@@ -157,6 +162,19 @@ class Pipeline:
             else:
                 recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []
             yield z / cfg.flow.latent_scale + cfg.flow.latent_shift
+
+    def resample_after_first(self, velocity, z: Tensor, g: torch.Generator, req: Request, shift: float) -> Tensor:
+        """Keep the first latent frame of the first chunk z (1, C, Tc, h, w) and sample its other frames again
+        from fresh noise with that frame held clean (t = 0), as flow.clean_first_frame_prob trains."""
+        first = z[:, :, :1]
+
+        def rest_velocity(x: Tensor, t: Tensor) -> Tensor:
+            tt = torch.cat([torch.zeros_like(t)[:, None], t[:, None].expand(-1, x.shape[2])], 1)  # (1, Tc)
+            return velocity(torch.cat([first, x], 2), tt)[:, :, 1:]
+
+        noise = torch.randn(z[:, :, 1:].shape, generator=g).to(z)
+        rest = sample(rest_velocity, noise, req.steps, shift=shift, method=req.sampler)
+        return torch.cat([first, rest], 2)
 
     @torch.no_grad()
     def frames(self, req: Request) -> Iterator[np.ndarray]:

@@ -39,6 +39,7 @@ from videodit.checkpoint import (
     write_config,
 )
 from videodit.config import Config, ConfigError, load_config, to_dict
+from videodit.data.video_io import DataError
 from videodit.dit import DiT
 from videodit.flow import flow_loss, sample_t
 from videodit.speed import apply_activation_checkpointing, compile_blocks
@@ -128,16 +129,46 @@ def global_batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     return perm[pos * batch : (pos + 1) * batch]
 
 
+class BatchPlan:
+    """The dataset indices of each step's global batch. One clip shape: `global_batch_indices`. Several (a
+    shards folder cached with several --frames, i.e. buckets): every batch is drawn from one bucket, by
+    `BucketBatchSampler` with the global batch size and epochs seeded by (seed, epoch), so a step's batch is
+    still a function of the step alone (resume gives the same batches)."""
+
+    def __init__(self, dataset, batch: int, seed: int):
+        from videodit.data.datasets import BucketBatchSampler
+
+        self.n, self.batch, self.seed = len(dataset), batch, seed
+        shapes = [tuple(s) for s in getattr(dataset, "shapes", [])]
+        self.sampler = None
+        if len(set(shapes)) > 1:
+            try:
+                self.sampler = BucketBatchSampler(shapes, batch, seed=seed)
+            except DataError as e:
+                raise TrainError(f"{e}: lower data.batch_size or cache more clips of each length") from None
+            self.per_epoch = len(self.sampler)
+        self._epoch, self._batches = -1, []
+
+    def __call__(self, step: int) -> list[int]:
+        if self.sampler is None:
+            return global_batch_indices(self.n, self.batch, step, self.seed)
+        epoch, pos = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch, self._batches = epoch, self.sampler.global_batches()
+        return self._batches[pos]
+
+
 class StepBatches(torch.utils.data.Sampler):
     """The global batches of steps [start, end) in order: a DataLoader with workers prefetches them, and the
-    batch of a step is the same as without workers (global_batch_indices)."""
+    batch of a step is the same as without workers (BatchPlan)."""
 
-    def __init__(self, n: int, batch: int, start: int, end: int, seed: int):
-        self.n, self.batch, self.start, self.end, self.seed = n, batch, start, end, seed
+    def __init__(self, plan: BatchPlan, start: int, end: int):
+        self.plan, self.start, self.end = plan, start, end
 
     def __iter__(self):
         for step in range(self.start, self.end):
-            yield global_batch_indices(self.n, self.batch, step, self.seed)
+            yield self.plan(step)
 
     def __len__(self) -> int:
         return max(self.end - self.start, 0)
@@ -630,14 +661,13 @@ class Trainer:
         """Global batches of steps [start, end): loaded in this process, or by data.num_workers workers that
         prefetch a few steps ahead (a procedural or decoded dataset keeps a GPU fed this way)."""
         cfg = self.cfg
+        plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
         if cfg.data.num_workers <= 0:
             for step in range(start, end):
-                idx = global_batch_indices(len(self.dataset), cfg.data.batch_size, step, self.batch_seed())
-                yield collate([self.dataset[i] for i in idx])
+                yield collate([self.dataset[i] for i in plan(step)])
             return
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=StepBatches(len(self.dataset), cfg.data.batch_size, start, end,
-                                                    self.batch_seed()),
+            self.dataset, batch_sampler=StepBatches(plan, start, end),
             collate_fn=collate, num_workers=cfg.data.num_workers, prefetch_factor=4,
             pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals,
         )  # fmt: skip
@@ -871,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         if dist.main:
             print(f"exported {folder} (config.yaml + safetensors)")
         return 0
-    except (ConfigError, TrainError, CheckpointError) as e:
+    except (ConfigError, TrainError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

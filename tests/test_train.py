@@ -155,6 +155,7 @@ def test_nan_loss(vae_ckpt, tmp_path, policy):
         (["--data.batch_size=3", "--train.grad_accum=2"], "divisible"),
         (["--data.source=manifest", "--data.manifest=/nonexistent.jsonl"], "not found"),
         (["--data.source=shards", "--data.shards=/nonexistent"], "not found"),
+        (["--data.source=shards", f"--data.shards={Path(__file__).parent}"], "finish `videodit-data cache`"),
         (["--train.vae=/nonexistent"], "not found"),
         (["--model.dpth=3"], "model.dpth"),
         (["--model.text_dim=32"], "text_dim"),
@@ -262,3 +263,31 @@ def test_export_only_without_a_checkpoint_is_an_error(vae_ckpt, tmp_path, capsys
     rc = train.main(overrides(vae_ckpt, tmp_path / "empty") + ["--export-only"])
     assert rc == 2 and "no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "empty" / "export").exists()
+
+
+class _Bucketed:
+    """A dataset's shape list as a shards folder cached with several --frames has it (no data needed)."""
+
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def __len__(self):
+        return len(self.shapes)
+
+
+def test_batches_of_a_bucketed_dataset_hold_one_clip_length_and_depend_on_the_step_only():
+    ds = _Bucketed([(3, 8, 8)] * 40 + [(9, 8, 8)] * 25)
+    plan = train.BatchPlan(ds, batch=8, seed=1)
+    assert plan.per_epoch == 5 + 3  # full batches per bucket; the remainders wait for the next epoch
+    steps = [plan(s) for s in range(3 * plan.per_epoch)]
+    assert all(len(b) == 8 and len({ds.shapes[i] for i in b}) == 1 for b in steps)
+    first_epoch = [i for b in steps[: plan.per_epoch] for i in b]
+    assert len(set(first_epoch)) == len(first_epoch)  # no clip twice in an epoch
+    assert {ds.shapes[b[0]][0] for b in steps[: plan.per_epoch]} == {3, 9}  # both lengths every epoch
+    assert steps[plan.per_epoch :] != steps[: plan.per_epoch]  # each epoch reshuffles
+    fresh = train.BatchPlan(ds, batch=8, seed=1)
+    assert [fresh(s) for s in (17, 2, 9)] == [steps[17], steps[2], steps[9]]  # resume: any step, same batch
+    one = _Bucketed([(3, 8, 8)] * 40)
+    assert train.BatchPlan(one, 8, 1)(4) == train.global_batch_indices(40, 8, 4, 1)  # one length: unchanged
+    with pytest.raises(train.TrainError, match="batch_size"):
+        train.BatchPlan(_Bucketed([(3, 8, 8)] * 5 + [(9, 8, 8)] * 5), batch=8, seed=0)

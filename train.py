@@ -115,8 +115,9 @@ def build_dataset(cfg: Config):
         if not d.manifest or not Path(d.manifest).is_file():
             raise TrainError(f"data.manifest '{d.manifest}' not found; make one with `videodit-data prep`")
         return datasets.ClipDataset(d.manifest, frames=d.frames, size=d.size, fps=d.fps)
-    if not d.shards or not Path(d.shards).is_dir():
-        raise TrainError(f"data.shards '{d.shards}' not found; make shards with `videodit-data cache`")
+    missing = [p for p in d.shards.split(",") if not Path(p).is_dir()] if d.shards else [""]
+    if missing:
+        raise TrainError(f"data.shards '{missing[0]}' not found; make shards with `videodit-data cache`")
     return datasets.ShardDataset(d.shards)
 
 

@@ -11,6 +11,7 @@ from videodit.data.cli import main as data_main
 from videodit.data.datasets import BucketBatchSampler, ShardDataset, collate, load_window
 from videodit.data.prep import read_manifest
 from videodit.data.shapes import generate
+from videodit.data.video_io import DataError
 from videodit.text_encoder import TextEncoder
 from videodit.vae import VideoVAE, encode_video
 
@@ -141,3 +142,12 @@ def test_cache_procedural_shapes_without_mp4(setup, capsys):
     assert "not both" in capsys.readouterr().err
     assert data_main(["cache", "--vae", str(ckpt), "--out", str(root / "z")]) == 1
     assert "not both or neither" in capsys.readouterr().err
+    # several folders joined by commas: one dataset, each clip length its own bucket
+    longer = root / "procedural9"
+    assert data_main(args[:7] + ["--out", str(longer), "--frames", "9", "--size", "32"]) == 0
+    both = ShardDataset(f"{out},{longer}")
+    alone = ShardDataset(longer)
+    assert len(both) == 10 and set(both.shapes) == {(2, 4, 4), (3, 4, 4)}
+    assert torch.equal(both[7]["latents"], alone[2]["latents"]) and both[7]["caption"] == alone[2]["caption"]
+    with pytest.raises(DataError, match="index.json"):
+        ShardDataset(f"{out},{root / 'z'}")

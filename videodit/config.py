@@ -135,7 +135,7 @@ class DataConfig:
     source: str = "shapes"  # "shapes" (rendered on the fly), "manifest" (clips decoded on the fly) or "shards"
     num_clips: int = 1000  # size of the procedural dataset (source = shapes)
     seed: int = 0  # procedural dataset seed
-    shards: str = ""  # folder of cached latent shards (fast path)
+    shards: str = ""  # folder of cached latent shards (fast path); several joined by commas mix clip lengths
     manifest: str = ""  # clips manifest (JSONL) decoded on the fly
     frames: int = 17  # video frames per training clip (1 + 4k)
     size: int = 64  # square frame size in pixels

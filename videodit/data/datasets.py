@@ -122,27 +122,33 @@ class ShapesDataset(Dataset):
 
 
 class ShardDataset(Dataset):
-    """Items of the safetensors shards written by `videodit-data cache` (see videodit/data/cache.py)."""
+    """Items of the safetensors shards written by `videodit-data cache` (see videodit/data/cache.py).
+
+    `shards_dir` is one folder, or several joined by commas ("a,b"): e.g. short clips that teach the opening
+    of a video mixed with long ones that teach its continuation. Each clip length is its own bucket."""
 
     def __init__(self, shards_dir: str | Path, max_open: int = 8):
-        self.dir = Path(shards_dir)
-        index = self.dir / "index.json"
-        if not index.is_file():
-            raise DataError(
-                f"'{index}' not found: finish `videodit-data cache` (every rank) before training on '{self.dir}'"
-            )
-        self.index = json.loads(index.read_text())
+        dirs = [Path(d) for d in str(shards_dir).split(",") if d.strip()]
+        self.dir = dirs[0] if dirs else Path(str(shards_dir))
+        self.files: list[Path] = []  # per shard
         self.items: list[tuple[int, int]] = []  # (shard, row)
         self.shapes: list[tuple[int, int, int]] = []
         self.captions: list[str] = []
-        for s, shard in enumerate(self.index["shards"]):
-            if not (self.dir / shard["file"]).is_file():
-                raise DataError(f"shard '{shard['file']}' listed in {index} is missing; rerun the cache command")
-            _, t, h, w = shard["latent_shape"]
-            for r in range(shard["num"]):
-                self.items.append((s, r))
-                self.shapes.append((t, h, w))
-            self.captions += shard["captions"]
+        for folder in dirs or [self.dir]:
+            index = folder / "index.json"
+            if not index.is_file():
+                raise DataError(
+                    f"'{index}' not found: finish `videodit-data cache` (every rank) before training on '{folder}'"
+                )
+            for shard in json.loads(index.read_text())["shards"]:
+                if not (folder / shard["file"]).is_file():
+                    raise DataError(f"shard '{shard['file']}' listed in {index} is missing; rerun the cache command")
+                _, t, h, w = shard["latent_shape"]
+                for r in range(shard["num"]):
+                    self.items.append((len(self.files), r))
+                    self.shapes.append((t, h, w))
+                self.captions += shard["captions"]
+                self.files.append(folder / shard["file"])
         self.max_open = max_open
         self._open: OrderedDict[int, object] = OrderedDict()
 
@@ -155,7 +161,7 @@ class ShardDataset(Dataset):
         if s in self._open:
             self._open.move_to_end(s)
             return self._open[s]
-        f = safe_open(str(self.dir / self.index["shards"][s]["file"]), framework="pt")
+        f = safe_open(str(self.files[s]), framework="pt")
         self._open[s] = f
         if len(self._open) > self.max_open:
             self._open.popitem(last=False)

@@ -115,7 +115,7 @@ def build_dataset(cfg: Config):
         if not d.manifest or not Path(d.manifest).is_file():
             raise TrainError(f"data.manifest '{d.manifest}' not found; make one with `videodit-data prep`")
         return datasets.ClipDataset(d.manifest, frames=d.frames, size=d.size, fps=d.fps)
-    missing = [p for p in d.shards.split(",") if not Path(p).is_dir()] if d.shards else [""]
+    missing = [p for p in datasets.shard_folders(d.shards) if not p.is_dir()] if d.shards else [""]
     if missing:
         raise TrainError(f"data.shards '{missing[0]}' not found; make shards with `videodit-data cache`")
     return datasets.ShardDataset(d.shards)
@@ -549,6 +549,7 @@ class Trainer:
         self.dataset = build_dataset(cfg)
         if len(self.dataset) == 0:
             raise TrainError("the training data is empty")
+        self.plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
         self.task = DiTTask(cfg, self.device) if t.task == "dit" else VAETask(cfg, self.device)
         self.start_step = 0
         self.resume_from = None
@@ -662,13 +663,12 @@ class Trainer:
         """Global batches of steps [start, end): loaded in this process, or by data.num_workers workers that
         prefetch a few steps ahead (a procedural or decoded dataset keeps a GPU fed this way)."""
         cfg = self.cfg
-        plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
         if cfg.data.num_workers <= 0:
             for step in range(start, end):
-                yield collate([self.dataset[i] for i in plan(step)])
+                yield collate([self.dataset[i] for i in self.plan(step)])
             return
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=StepBatches(plan, start, end),
+            self.dataset, batch_sampler=StepBatches(self.plan, start, end),
             collate_fn=collate, num_workers=cfg.data.num_workers, prefetch_factor=4,
             pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals,
         )  # fmt: skip

@@ -121,6 +121,11 @@ class ShapesDataset(Dataset):
         return dict(video=to_tensor(frames), caption=text)
 
 
+def shard_folders(shards: str | Path) -> list[Path]:
+    """The folders of a `data.shards` value: one folder, or several joined by commas."""
+    return [Path(d.strip()) for d in str(shards).split(",") if d.strip()] or [Path(shards)]
+
+
 class ShardDataset(Dataset):
     """Items of the safetensors shards written by `videodit-data cache` (see videodit/data/cache.py).
 
@@ -128,13 +133,11 @@ class ShardDataset(Dataset):
     of a video mixed with long ones that teach its continuation. Each clip length is its own bucket."""
 
     def __init__(self, shards_dir: str | Path, max_open: int = 8):
-        dirs = [Path(d) for d in str(shards_dir).split(",") if d.strip()]
-        self.dir = dirs[0] if dirs else Path(str(shards_dir))
         self.files: list[Path] = []  # per shard
         self.items: list[tuple[int, int]] = []  # (shard, row)
         self.shapes: list[tuple[int, int, int]] = []
         self.captions: list[str] = []
-        for folder in dirs or [self.dir]:
+        for folder in shard_folders(shards_dir):
             index = folder / "index.json"
             if not index.is_file():
                 raise DataError(

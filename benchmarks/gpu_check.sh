@@ -15,7 +15,10 @@
 #   BATCH (256) and PROBE (120 steps) size the fine-tune; STEPS=N skips the probe and trains N steps (stopped
 #   early by SIGTERM, which checkpoints, if the budget runs out); TEXT=FOLDER caches and trains with that text
 #   encoder (e.g. one from `python -m videodit.text_encoder OUT --tokenizer words`); EXTRA adds train.py options;
-#   VAE_STEPS / VAE_BATCH (32) size step 5.
+#   VAE_STEPS / VAE_BATCH (32) size step 5. VAEBENCH=1 first runs benchmarks/vae_gpu.py (every VAE kernel choice vs
+#   Wan; log and kernel profile in OUT/). CONFIG (configs/tiny.yaml) is the config the fine-tune starts from (e.g.
+#   checkpoints/tiny/config.yaml to keep the shipped model's settings); SHORT=N also caches N 9-frame clips and
+#   trains on both lengths (each batch from one); SEED (0) seeds the procedural clips.
 set -u
 OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
 T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -28,7 +31,19 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
-python3 -c "import torch, transformers, deepspeed, diffusers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__, 'diffusers', diffusers.__version__)" | tee -a "$OUT/env.txt"
+python3 - <<'PY' | tee -a "$OUT/env.txt"
+import importlib
+for name in ("torch", "transformers", "deepspeed", "diffusers"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except ImportError:
+        print(name, "not installed")
+PY
+if [ "${VAEBENCH:-0}" = 1 ]; then
+  echo "== benchmarks/vae_gpu.py ($(left) s left)"
+  timeout 200 python3 benchmarks/vae_gpu.py --profile "$OUT/vae_profile.txt" 2>&1 | grep --line-buffered -v Warning \
+    | tee "$OUT/vae_gpu.log"
+fi
 LAT=$(python3 -c "import yaml; f = yaml.safe_load(open('checkpoints/tiny/config.yaml'))['flow']; print(f['latent_scale'], f['latent_shift'])")
 set -- $LAT; SCALE=$1; SHIFT=$2
 
@@ -56,11 +71,20 @@ fi
 
 echo "== cache $CLIPS shapes clips ($(left) s left)" | tee "$OUT/train.log"
 s=$(date +%s)
-timeout 200 python3 -m videodit.data cache --shapes "$CLIPS" --frames 33 --size 64 --vae checkpoints/tiny $TXT_CACHE \
-  --out $WORK/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning | tee -a "$OUT/train.log"
+SEED=${SEED:-0}
+timeout 200 python3 -m videodit.data cache --shapes "$CLIPS" --seed "$SEED" --frames 33 --size 64 --vae checkpoints/tiny \
+  $TXT_CACHE --out $WORK/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning \
+  | tee -a "$OUT/train.log"
+SHARDS=$WORK/shards
+if [ "${SHORT:-0}" -gt 0 ]; then
+  timeout 120 python3 -m videodit.data cache --shapes "$SHORT" --seed $(( SEED + 1 )) --frames 9 --size 64 \
+    --vae checkpoints/tiny $TXT_CACHE --out $WORK/shards9 --shard-size 2000 --batch-size 1000 --workers 12 2>&1 \
+    | grep -v Warning | tee -a "$OUT/train.log"
+  SHARDS=$WORK/shards,$WORK/shards9
+fi
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
-COMMON="--config configs/tiny.yaml --data.shards $WORK/shards --train.vae checkpoints/tiny --train.wandb disabled \
+COMMON="--config ${CONFIG:-configs/tiny.yaml} --data.shards $SHARDS --train.vae checkpoints/tiny --train.wandb disabled \
   --flow.latent_scale $SCALE --flow.latent_shift $SHIFT $TXT_TRAIN"
 if [ "${BENCH:-1}" = 1 ]; then
 echo "== gpu.py ($(left) s left)"

@@ -1,5 +1,8 @@
 """The causal video VAE: shapes, causality, chunked equals whole, tiling, input errors, and that it learns."""
 
+import copy
+import itertools
+
 import pytest
 import torch
 
@@ -110,6 +113,38 @@ def test_chunked_decode_equals_whole(vae, chunks):
     whole = vae.decode(z, vae.init_cache())[0]
     assert whole.shape[2] == 25
     assert (stream_decode(vae, z, chunks) - whole).abs().amax() <= 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("conv, upsample", itertools.product(["conv3d", "fold"], ["interp", "transposed"]))
+def test_kernel_choices_compute_the_same_function(vae, conv, upsample):
+    x, z = video(B=2, T=13), torch.randn(2, 16, 5, 2, 2)
+    ref_mean, ref_frames = vae.encode(x, vae.init_cache())[0].mean, vae.decode(z, vae.init_cache())[0]
+    fast = copy.deepcopy(vae).set_kernels(conv=conv, upsample=upsample)
+    assert (fast.encode(x, fast.init_cache())[0].mean - ref_mean).abs().amax() <= 1e-5
+    assert (fast.decode(z, fast.init_cache())[0] - ref_frames).abs().amax() <= 1e-5
+    assert (stream_decode(fast, z, [1, 2, 2]) - ref_frames).abs().amax() <= 1e-5  # chunked equals whole too
+    assert (stream_encode(fast, x, [1, 4, 8]) - ref_mean).abs().amax() <= 1e-5
+
+
+def test_compiled_norm_kernel_equals_eager_and_trains_its_gain():
+    torch.manual_seed(0)
+    eager = tiny_vae()
+    fast = copy.deepcopy(eager).set_kernels(norm="compiled")
+    z = torch.randn(1, 16, 3, 2, 2)
+    with torch.no_grad():
+        ref = eager.decode(z, eager.init_cache())[0]
+        assert (fast.decode(z, fast.init_cache())[0] - ref).abs().amax() <= 1e-5
+        assert (stream_decode(fast, z, [1, 2]) - ref).abs().amax() <= 1e-5
+    fast.decoder(z, None).square().mean().backward()
+    eager.decoder(z, None).square().mean().backward()
+    g_fast, g_eager = fast.decoder.norm_out.gain.grad, eager.decoder.norm_out.gain.grad
+    assert g_fast is not None and torch.allclose(g_fast, g_eager, rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_kernel_choice_is_a_clear_error(vae):
+    with pytest.raises(ValueError, match="conv kernel must be 'auto' or one of"):
+        copy.deepcopy(vae).set_kernels(conv="winograd")
 
 
 @torch.no_grad()

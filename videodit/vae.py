@@ -81,6 +81,21 @@ def _channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
+# How the layers compute, never what: each choice gives the same function up to float rounding (tests). "auto"
+# takes the device's entry here, the fastest measured (benchmarks/vae_gpu.py on an H100, bench/vae.py on CPU).
+KERNELS = {"conv": ("conv3d", "fold"), "upsample": ("interp", "transposed"), "norm": ("eager", "compiled")}
+AUTO_KERNELS = {
+    "cpu": {"conv": "conv3d", "upsample": "interp", "norm": "eager"},
+    "cuda": {"conv": "conv3d", "upsample": "interp", "norm": "eager"},
+}
+
+
+def _kernel(kind: str, choice: str, x: Tensor) -> str:
+    if choice != "auto":
+        return choice
+    return AUTO_KERNELS.get(x.device.type, AUTO_KERNELS["cpu"])[kind]
+
+
 def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
     """The one place that picks a convolution kernel.
 
@@ -97,6 +112,36 @@ def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
     return conv(x)
 
 
+def _folded_conv(xp: Tensor, conv: nn.Conv3d, n: int) -> Tensor:
+    """A (kt, kh, kw) conv with time stride 1 as one 2D conv: the kt frames of each window stacked in channels.
+
+    Same products and sums as the 3D conv (a partial im2col in time), but 2D kernels are the ones GPU libraries
+    tune hardest. xp (B, C, n + kt - 1, H, W) channels-last -> (B, C', n, H, W) channels-last.
+    """
+    kt = conv.weight.shape[2]
+    stacked = torch.cat([xp[:, :, i : i + n] for i in range(kt)], dim=1)  # (B, kt C, n, H, W)
+    w = conv.weight.transpose(1, 2).flatten(1, 2)  # (C', kt C, kh, kw), tap-major like `stacked`
+    y = F.conv2d(rearrange(stacked, "b c t h w -> (b t) c h w"), w, conv.bias, padding=conv.padding[1:])
+    return rearrange(y, "(b t) c h w -> b c t h w", b=xp.shape[0])
+
+
+def _norm_silu(x: Tensor, gain: Tensor, eps: float) -> Tensor:
+    # written out rather than F.rms_norm, whose shape argument would make the compiler specialise on the width
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps) * gain.float().view(1, -1, 1, 1, 1)
+    return F.silu(y).to(x.dtype)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_norm_silu() -> Callable:
+    """`_norm_silu` as one read and one write of the activation (torch.compile, built on first use)."""
+    if "norm_silu" not in _COMPILED:
+        _COMPILED["norm_silu"] = torch.compile(_norm_silu, dynamic=True)
+    return _COMPILED["norm_silu"]
+
+
 class ChannelRMSNorm(nn.Module):
     """RMSNorm over channels at each (t, h, w): per frame and per pixel, hence causal and chunk-exact."""
 
@@ -105,10 +150,19 @@ class ChannelRMSNorm(nn.Module):
         self.gain = nn.Parameter(torch.ones(channels))
         self.eps = eps
 
+        self.kernel = "auto"  # VideoVAE.set_kernels; "compiled": norm and SiLU in one generated kernel
+
+    def act(self, x: Tensor) -> Tensor:
+        """SiLU(norm(x)), the pair every conv is preceded by."""
+        if _kernel("norm", self.kernel, x) == "compiled":
+            return _compiled_norm_silu()(_channels_last(x), self.gain.view(-1), self.eps)  # a view: not static
+        return F.silu(self(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        # statistics in fp32 so that bf16 training normalises stably
-        y = F.rms_norm(x.float().permute(0, 2, 3, 4, 1), (x.shape[1],), self.gain.float(), self.eps)
-        return y.permute(0, 4, 1, 2, 3).to(x.dtype)  # (B, C, T, H, W), channels-last memory
+        # F.rms_norm takes its statistics in fp32 whatever the input dtype (so bf16 normalises stably) and, on
+        # CUDA, in one fused pass: no fp32 copy of the activation (3 of the 5 full-size passes it used to make)
+        y = F.rms_norm(x.permute(0, 2, 3, 4, 1), (x.shape[1],), self.gain.to(x.dtype), self.eps)
+        return y.permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
 
 
 class CausalConv3d(nn.Module):
@@ -128,6 +182,7 @@ class CausalConv3d(nn.Module):
         self.kt, self.stride_t = kt, stride_t
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride=(stride_t, 1, 1), padding=(0, kh // 2, kw // 2))
         self.key = ""  # the module path; VideoVAE sets it so the cache can find this conv's past frames
+        self.kernel = "auto"  # VideoVAE.set_kernels; "fold": one 2D conv over the kt frames stacked in channels
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
         assert self.key, "CausalConv3d.key is set by VideoVAE; build convs inside a VideoVAE"
@@ -143,6 +198,8 @@ class CausalConv3d(nn.Module):
         if n == 0:
             B, _, _, H, W = x.shape
             return x.new_zeros(B, self.conv.out_channels, 0, H, W)
+        if self.stride_t == 1 and _kernel("conv", self.kernel, x) == "fold":
+            return _folded_conv(xp, self.conv, n)
         return _conv(xp[:, :, : (n - 1) * self.stride_t + self.kt], self.conv)  # (B, C', n, H, W)
 
 
@@ -158,8 +215,8 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), cache)  # (B, C', T, H, W)
-        h = self.conv2(F.silu(self.norm2(h)), cache)
+        h = self.conv1(self.norm1.act(x), cache)  # (B, C', T, H, W)
+        h = self.conv2(self.norm2.act(h), cache)
         return (x if self.skip is None else _conv(x, self.skip)) + h
 
 
@@ -201,10 +258,29 @@ class SpaceUp(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.kernel = "auto"  # VideoVAE.set_kernels; "transposed": the same map as one transposed conv
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
-        up = lambda f: _conv(F.interpolate(f, scale_factor=2.0, mode="nearest"), self.conv)
+        if _kernel("upsample", self.kernel, x) == "transposed":
+            w = _up_as_transposed(self.conv.weight)
+            up = lambda f: F.conv_transpose2d(f, w, self.conv.bias, stride=2, padding=1)
+        else:
+            up = lambda f: _conv(F.interpolate(f, scale_factor=2.0, mode="nearest"), self.conv)
         return _per_frame(up, x)  # (B, C', T, 2 H, 2 W)
+
+
+# Nearest x2 up-sampling then a 3x3 conv (padding 1) is a stride-2 transposed conv (padding 1) with a 4x4 kernel:
+# an even output row 2m sees input rows m - 1 (tap 0) and m (taps 1 and 2), an odd one rows m (taps 0 and 1)
+# and m + 1 (tap 2). In the transposed conv, output row o = 2 i - 1 + k takes input row i through kernel row
+# k, so kernel rows (0, 1, 2, 3) = (w2, w1 + w2, w0 + w1, w0); the same along columns. 16 products per input
+# pixel instead of 36, and the up-sampled input is never materialised.
+_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def _up_as_transposed(w: Tensor) -> Tensor:
+    """3x3 conv weight (C', C, 3, 3) applied after nearest x2 -> conv_transpose2d weight (C, C', 4, 4)."""
+    a = torch.tensor(_UP_TAPS, device=w.device, dtype=w.dtype)  # (4, 3)
+    return torch.einsum("ky,oiyx,lx->iokl", a, w, a)
 
 
 class TimeDown(nn.Module):
@@ -284,7 +360,7 @@ class Encoder(nn.Module):
         h = self.conv_in(_channels_last(x), cache)  # (B, c0, T, H, W)
         for block in self.blocks:
             h = block(h, cache)
-        mean, logvar = self.conv_out(F.silu(self.norm_out(h)), cache).chunk(2, dim=1)  # (B, C, T', h, w) each
+        mean, logvar = self.conv_out(self.norm_out.act(h), cache).chunk(2, dim=1)  # (B, C, T', h, w) each
         # The residual stream is unnormalised; the head's per-pixel RMSNorm is not, and it cannot remove a
         # constant offset: once the stream grows one, the normalised head sees almost nothing of the input and
         # training collapses to predicting the mean video. An unnormalised path to the latent prevents that.
@@ -321,7 +397,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z, cache) + _match_channels(z, self.conv_in.conv.out_channels)  # (B, c3, T', h, w)
         for block in self.blocks:
             h = block(h, cache)
-        x = self.conv_out(F.silu(self.norm_out(h)), cache) + _conv(h, self.read_out)
+        x = self.conv_out(self.norm_out.act(h), cache) + _conv(h, self.read_out)
         return x.contiguous()  # (B, 3, T, H, W)
 
 
@@ -348,6 +424,27 @@ class VideoVAE(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, CausalConv3d):
                 m.key = name
+
+    def set_kernels(self, conv: str = "auto", upsample: str = "auto", norm: str = "auto") -> VideoVAE:
+        """Choose how the layers compute; the function stays the same (up to float rounding).
+
+        conv: "conv3d" (cuDNN / oneDNN 3D convolution) or "fold" (the temporal taps stacked in channels, one 2D
+        convolution). upsample: "interp" (nearest x2, then the 3x3 conv) or "transposed" (the equivalent
+        stride-2 transposed conv: 16 products per input pixel instead of 36). norm: "eager" or "compiled" (the
+        RMSNorm + SiLU before each conv as one torch.compile kernel; the first call compiles). "auto": the
+        fastest measured on the input's device (`AUTO_KERNELS`).
+        """
+        for kind, choice in (("conv", conv), ("upsample", upsample), ("norm", norm)):
+            if choice != "auto" and choice not in KERNELS[kind]:
+                raise ValueError(f"{kind} kernel must be 'auto' or one of {KERNELS[kind]}, got {choice!r}")
+        for m in self.modules():
+            if isinstance(m, CausalConv3d):
+                m.kernel = conv
+            elif isinstance(m, SpaceUp):
+                m.kernel = upsample
+            elif isinstance(m, ChannelRMSNorm):
+                m.kernel = norm
+        return self
 
     def _pixel_mean(self, x: Tensor) -> Tensor:
         return torch.tensor(self.cfg.pixel_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1, 1)

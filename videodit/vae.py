@@ -85,8 +85,8 @@ def _channels_last(x: Tensor) -> Tensor:
 # takes the device's entry here, the fastest measured (benchmarks/vae_gpu.py on an H100, bench/vae.py on CPU).
 KERNELS = {"conv": ("conv3d", "fold"), "upsample": ("interp", "transposed"), "norm": ("eager", "compiled")}
 AUTO_KERNELS = {
-    "cpu": {"conv": "conv3d", "upsample": "interp", "norm": "eager"},
-    "cuda": {"conv": "conv3d", "upsample": "interp", "norm": "eager"},
+    "cpu": {"conv": "conv3d", "upsample": "transposed", "norm": "eager"},
+    "cuda": {"conv": "conv3d", "upsample": "transposed", "norm": "eager"},
 }
 
 

@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=0, help="square frame size in pixels; default: the checkpoint's")
     p.add_argument("--steps", type=int, default=0, help="sampling steps per chunk; default: the checkpoint's")
     p.add_argument("--cfg", type=float, default=-1.0, help="classifier-free guidance scale; default: checkpoint's")
+    p.add_argument("--cfg-later", type=float, default=-1.0,
+                   help="guidance scale for the chunks after the first; default: checkpoint's (else --cfg)")
     p.add_argument("--sampler", choices=["euler", "heun"], default="")
     p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
     p.add_argument("--anchor", choices=["on", "off"], default="",
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.prompt) == 1 and not args.at:
             at = [0.0]
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
-                      fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler,
+                      fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg,
+                      cfg_scale_later=args.cfg_later, sampler=args.sampler,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
                       first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
@@ -99,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         req = pipe.resolve(req)
         n, _ = pipe.frame_count(req)
         print(f"generating {n} frames ({req.seconds:g} s at {req.fps} fps, {req.size}x{req.size}) "
-              f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}, seed {req.seed}")
+              f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}"
+              + (f" (later chunks {req.cfg_scale_later:g})" if req.cfg_scale_later != req.cfg_scale else "")
+              + f", seed {req.seed}")
         generate(pipe, req, out, preview=args.preview or None, progress=True)
         print(f"wrote {out} in {time.time() - t0:.1f} s" + (f"; preview {args.preview}" if args.preview else ""))
         return 0

@@ -40,9 +40,9 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 
 def _generate_one(job: tuple) -> Path:
-    checkpoint, prompt, seconds, steps, cfg_scale, window, anchor, context_noise, history, fff, seed, out = job
+    checkpoint, prompt, seconds, steps, cfg, cfg_later, window, anchor, context_noise, history, fff, seed, out = job
     onoff = {"on": True, "off": False}
-    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg_scale,
+    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg, cfg_scale_later=cfg_later,
                   window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
                   history_guidance=history, first_frame_first=onoff.get(fff), seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--cfg", type=float, default=-1.0)
+    ap.add_argument("--cfg-later", type=float, default=-1.0, help="guidance for the chunks after the first")
     ap.add_argument("--window", type=int, default=-1, help="recent chunks in the KV cache; default: checkpoint's")
     ap.add_argument("--anchor", choices=["on", "off"], default="", help="default: the checkpoint's")
     ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
@@ -91,8 +92,9 @@ def main() -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.window, args.anchor, args.context_noise,
-             args.history_guidance, args.first_frame_first, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.window, args.anchor,
+             args.context_noise, args.history_guidance, args.first_frame_first, args.seed + i,
+             str(out_dir / f"{i:03d}.mp4"))
             for i, p in enumerate(prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads

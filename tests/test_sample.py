@@ -132,6 +132,24 @@ def test_history_guidance_extrapolates_from_the_prediction_without_past(pipe):
     torch.testing.assert_close(z2[1] - z0[1], 2 * step, atol=1e-5, rtol=1e-4)
 
 
+def test_cfg_scale_later_guides_the_chunks_after_the_first(pipe):
+    """sample.cfg_scale_later: the first chunk keeps cfg_scale, the later ones use the later scale; with one Euler
+    step the second chunk (same past for every scale) moves linearly in it; unset, it is cfg_scale."""
+    def run(later):
+        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=1, cfg_scale=2.0,
+                      cfg_scale_later=later)
+        return list(pipe.latent_chunks(req))
+
+    default, same, z1, z2, z3 = run(-1.0), run(2.0), run(1.0), run(2.0), run(3.0)
+    assert all(torch.equal(a, b) for a, b in zip(default, same))
+    assert torch.equal(z1[0], z3[0])  # the first chunk ignores the later scale
+    step = z2[1] - z1[1]
+    assert step.abs().max() > 1e-3
+    torch.testing.assert_close(z3[1] - z1[1], 2 * step, atol=1e-5, rtol=1e-4)
+    with pytest.raises(GenerateError, match="--cfg-later must be >= 0"):
+        pipe.resolve(Request(prompts=["a green circle"], at=[0.0], seconds=2.0, cfg_scale_later=float("nan")))
+
+
 def test_first_frame_first_resamples_the_opening_motion_from_the_kept_first_frame(pipe):
     """sample.first_frame_first: the first chunk is sampled as usual, its first latent frame kept, and its other
     frames sampled again from fresh noise with that frame clean (t = 0). Checked against the DiT run directly."""

@@ -181,6 +181,9 @@ class TrainConfig:
 class SampleConfig:
     steps: int = 12
     cfg_scale: float = 3.0
+    # guidance for every chunk after the first (< 0: cfg_scale). The first chunk sets the motion, which strong
+    # guidance stiffens; the later ones hold the prompted colour and shape over the minute, which it helps
+    cfg_scale_later: float = -1.0
     sampler: str = "euler"  # "euler" or "heun"
     window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
     # keep the first chunk in the cache for the whole video (identity), laid out just before the window; off: a

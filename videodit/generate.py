@@ -39,6 +39,7 @@ class Request:
     size: int = 0  # 0 = the checkpoint's
     steps: int = 0  # 0 = the checkpoint's sample.steps
     cfg_scale: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale
+    cfg_scale_later: float = -1.0  # chunks after the first; < 0 = the checkpoint's sample.cfg_scale_later
     sampler: str = ""
     window_chunks: int = -1
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
@@ -70,6 +71,8 @@ class Pipeline:
         r.size = r.size or c.data.size
         r.steps = r.steps or s.steps
         r.cfg_scale = s.cfg_scale if r.cfg_scale < 0 else r.cfg_scale
+        r.cfg_scale_later = s.cfg_scale_later if r.cfg_scale_later < 0 else r.cfg_scale_later
+        r.cfg_scale_later = r.cfg_scale if r.cfg_scale_later < 0 else r.cfg_scale_later
         r.sampler = r.sampler or s.sampler
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
         r.anchor = s.anchor if r.anchor is None else r.anchor
@@ -92,6 +95,8 @@ class Pipeline:
             )
         if not 0 <= r.context_noise < 1:
             raise GenerateError(f"--context-noise must be in [0, 1), got {r.context_noise:g}")
+        if not (r.cfg_scale >= 0 and r.cfg_scale_later >= 0):
+            raise GenerateError("--cfg and --cfg-later must be >= 0 (1 = no guidance)")
         if not r.history_guidance >= 0:
             raise GenerateError(f"--history-guidance must be >= 0 (0 = off), got {r.history_guidance:g}")
         if r.steps < 1:
@@ -110,7 +115,7 @@ class Pipeline:
         """Per prompt: (emb, mask) batched as [prompt, negative] (or [prompt] without guidance)."""
         out = []
         for p in req.prompts:
-            texts = [p, req.negative_prompt] if req.cfg_scale != 1.0 else [p]
+            texts = [p, req.negative_prompt] if req.cfg_scale != 1.0 or req.cfg_scale_later != 1.0 else [p]
             emb, mask = self.text_encoder(texts)
             out.append((emb.to(self.device), mask.to(self.device)))
         return out
@@ -144,7 +149,7 @@ class Pipeline:
                 tb = t.repeat(nb, *[1] * (t.dim() - 1))
                 v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, context, start)
                 vc, vu = (v, v) if nb == 1 else v.chunk(2)
-                out = vu + req.cfg_scale * (vc - vu)
+                out = vu + (req.cfg_scale if start == 0 else req.cfg_scale_later) * (vc - vu)
                 if req.history_guidance and context:  # the first chunk has no past to guide by
                     v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [], start)
                     out = out + req.history_guidance * (vc - v_alone)

@@ -151,3 +151,23 @@ def test_cache_procedural_shapes_without_mp4(setup, capsys):
     assert torch.equal(both[7]["latents"], alone[2]["latents"]) and both[7]["caption"] == alone[2]["caption"]
     with pytest.raises(DataError, match="index.json"):
         ShardDataset(f"{out},{root / 'z'}")
+
+
+def test_cache_shapes_share_of_two_object_clips(setup, capsys):
+    """--p-two sets the share of two-object procedural clips; the default leaves the dataset (and the name a
+    resumed cache checks) as it was; a share outside [0, 1] is a clear error."""
+    from videodit.data.cache import shapes_rows
+    from videodit.data.shapes import P_TWO, make_example
+
+    default, explicit = shapes_rows(40, 3, 5, 8), shapes_rows(40, 3, 5, 8, p_two=P_TWO)
+    assert [r["caption"] for r in default] == [r["caption"] for r in explicit]
+    assert 0 < sum(len(make_example(3, i)[0].objects) == 2 for i in range(40)) < 40
+    assert all(len(make_example(3, i, "train", 1.0)[0].objects) == 2 for i in range(40))
+    assert all(len(make_example(3, i, "train", 0.0)[0].objects) == 1 for i in range(40))
+    root, _, ckpt, _, _ = setup
+    args = ["cache", "--shapes", "3", "--vae", str(ckpt), "--frames", "5", "--size", "32"]
+    assert data_main(args + ["--out", str(root / "two"), "--p-two", "1.5"]) == 1
+    assert "--p-two" in capsys.readouterr().err
+    assert data_main(args + ["--out", str(root / "two"), "--p-two", "1"]) == 0
+    captions = [ShardDataset(root / "two")[i]["caption"] for i in range(3)]
+    assert captions == [make_example(0, i, "train", 1.0)[1] for i in range(3)]

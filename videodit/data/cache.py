@@ -85,23 +85,27 @@ class _Windows(Dataset):
         if "shapes" in row:  # a procedural clip: rendered, not decoded
             from videodit.data.shapes import make_example, render_clip
 
-            seed, split, index = row["shapes"]
-            spec, _ = make_example(seed, index, split)
+            seed, split, index, *p_two = row["shapes"]  # p_two: rows written before it existed lack it
+            spec, _ = make_example(seed, index, split, *p_two)
             return to_tensor(render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames))
         return load_window(row, start, self.plan.frames, self.size, self.fps)  # (3, T, H, W)
 
 
-def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train") -> list[dict]:
-    """Manifest rows of the procedural clips 0..num-1, `frames` long, rendered by _Windows on demand."""
-    from videodit.data.shapes import make_example
+def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train", p_two: float | None = None
+                ) -> list[dict]:
+    """Manifest rows of the procedural clips 0..num-1, `frames` long, rendered by _Windows on demand; p_two: the
+    share of two-object clips (None: the dataset's default, P_TWO)."""
+    from videodit.data.shapes import P_TWO, make_example
+
+    p_two = P_TWO if p_two is None else p_two
 
     if num < 1:
         raise DataError(f"--shapes must be >= 1, got {num}")
     rows = []
     for i in range(num):
-        _, text = make_example(seed, i, split)
+        _, text = make_example(seed, i, split, p_two)
         rows.append(dict(path=f"shapes:{split}:{seed}:{i}", start=0.0, end=frames / fps, caption=text,
-                         shapes=[seed, split, i]))  # fmt: skip
+                         shapes=[seed, split, i, p_two]))  # fmt: skip
     return rows
 
 
@@ -186,6 +190,7 @@ def cache(
     progress: bool = True,
     shapes: int = 0,
     seed: int = 0,
+    p_two: float | None = None,
 ) -> dict:
     """Encode this rank's shards (of `manifest`'s clips, or of `shapes` procedural clips with `seed`).
     -> summary dict (shards planned / done now / skipped, index written)."""
@@ -216,8 +221,9 @@ def cache(
     if bool(shapes) == (manifest is not None):
         raise DataError("give either a clips manifest or --shapes N (procedural clips), not both or neither")
     if shapes:
-        rows = shapes_rows(shapes, seed, max(frames), fps)
-        source = f"shapes:train:{seed}:{shapes}"
+        rows = shapes_rows(shapes, seed, max(frames), fps, p_two=p_two)
+        # the default share keeps the old name, so caches written before --p-two existed still resume
+        source = f"shapes:train:{seed}:{shapes}" + ("" if p_two is None else f":p_two={p_two:g}")
     else:
         rows = read_manifest(manifest)
         source = str(Path(manifest).resolve())

@@ -150,8 +150,11 @@ def _overlap_early(objs: list[ShapeObject]) -> bool:
     return bool(np.any(np.hypot(ax - bx, ay - by) < (ar + br) * 1.5))
 
 
+P_TWO = 0.3  # share of two-object clips in the procedural dataset
+
+
 def sample_spec(
-    rng: np.random.Generator, split: str = "train", num_objects: int | None = None, p_two: float = 0.3
+    rng: np.random.Generator, split: str = "train", num_objects: int | None = None, p_two: float = P_TWO
 ) -> ShapeSpec:
     """A random clip description. `split="train"` never yields a HELD_OUT combination; "heldout" only those."""
     if split not in SPLITS:
@@ -181,12 +184,14 @@ def sample_spec(
     raise AssertionError("could not place two non-overlapping objects in 100 tries")
 
 
-def make_example(seed: int, index: int, split: str = "train") -> tuple[ShapeSpec, str]:
-    """Clip `index` of a dataset: its spec and caption, a pure function of (seed, split, index)."""
+def make_example(seed: int, index: int, split: str = "train", p_two: float = P_TWO) -> tuple[ShapeSpec, str]:
+    """Clip `index` of a dataset: its spec and caption, a pure function of (seed, split, index, p_two)."""
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
+    if not 0.0 <= p_two <= 1.0:
+        raise DataError(f"the share of two-object clips (--p-two) must be in [0, 1], got {p_two:g}")
     rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
-    spec = sample_spec(rng, split)
+    spec = sample_spec(rng, split, p_two=p_two)
     return spec, caption(spec, rng)
 
 

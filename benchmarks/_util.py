@@ -37,6 +37,16 @@ def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 8192) -> f
     return 2 * n**3 / t
 
 
+def wan_vae_like(cfg) -> torch.nn.Module:
+    """diffusers' AutoencoderKLWan built at a VAEConfig's width, depth, latent channels and compression (eval)."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=cfg.base_channels, z_dim=cfg.latent_channels, dim_mult=list(cfg.channel_mults),
+        num_res_blocks=cfg.num_res_blocks, temperal_downsample=list(cfg.temporal_down),
+    ).eval()  # fmt: skip
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call as torch.utils.flop_counter counts them (matmuls, convolutions, SDPA)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import count_flops, matmul_ceiling, median_time  # noqa: E402
+from _util import count_flops, matmul_ceiling, median_time, wan_vae_like  # noqa: E402
 
 from videodit.config import DIT_PRESETS, VAE_PRESETS, Config, DiTConfig, VAEConfig  # noqa: E402
 from videodit.dit import DiT  # noqa: E402
@@ -139,16 +139,12 @@ def flash_usable(device) -> bool:
 
 
 def bench_vae(frames: int, size: int, device, dtype, repeats: int) -> dict:
-    from diffusers import AutoencoderKLWan
-
     from videodit.vae import VideoVAE
 
     preset = "full" if device.type == "cuda" else "tiny"  # full: the Wan 2.1 VAE's width
     ours = VideoVAE(VAEConfig(preset=preset, **VAE_PRESETS[preset])).to(device, dtype).eval()
     cfg = ours.cfg
-    wan = AutoencoderKLWan(base_dim=cfg.base_channels, z_dim=cfg.latent_channels, dim_mult=list(cfg.channel_mults),
-                           num_res_blocks=cfg.num_res_blocks, temperal_downsample=list(cfg.temporal_down))
-    wan = wan.to(device, dtype).eval()
+    wan = wan_vae_like(cfg).to(device, dtype)
     x = torch.rand(1, 3, frames, size, size, device=device, dtype=dtype) * 2 - 1
     with torch.no_grad():
         z = ours.encode(x, ours.init_cache())[0].mean

@@ -34,6 +34,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import wan_vae_like  # noqa: E402
+
 from videodit.config import VAE_PRESETS, VAEConfig  # noqa: E402
 from videodit.vae import VideoVAE, decode_stream, decode_video, encode_video  # noqa: E402
 
@@ -113,17 +116,12 @@ def timeit(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> fl
 
 
 def speed(args) -> dict:
-    from diffusers import AutoencoderKLWan
-
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ours = build_vae(args).to(device, dtype)
     c = ours.cfg
-    wan = AutoencoderKLWan(
-        base_dim=c.base_channels, z_dim=c.latent_channels, dim_mult=list(c.channel_mults),
-        num_res_blocks=c.num_res_blocks, temperal_downsample=list(c.temporal_down),
-    ).eval()
+    wan = wan_vae_like(c)
     if (device.type, dtype) != ("cpu", torch.float32):
         wan = wan.to(device, dtype)
     torch.manual_seed(0)

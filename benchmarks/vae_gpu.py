@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import count_flops, matmul_ceiling, median_time  # noqa: E402
+from _util import count_flops, matmul_ceiling, median_time, wan_vae_like  # noqa: E402
 
 from videodit.config import VAE_PRESETS, VAEConfig  # noqa: E402
 from videodit.vae import KERNELS, VideoVAE, _folded_conv, _up_as_transposed, decode_video  # noqa: E402
@@ -170,11 +170,7 @@ def main() -> None:
     default = next(r for r in results if (r["conv"], r["upsample"], r["norm"], r["autotune"])
                    == ("conv3d", "interp", "eager", False))
 
-    from diffusers import AutoencoderKLWan
-
-    wan = AutoencoderKLWan(base_dim=cfg.base_channels, z_dim=cfg.latent_channels, dim_mult=list(cfg.channel_mults),
-                           num_res_blocks=cfg.num_res_blocks, temperal_downsample=list(cfg.temporal_down))
-    wan = wan.to(dev, dtype).eval()
+    wan = wan_vae_like(cfg).to(dev, dtype)
     wan_dec, wan_enc = {}, {}
     with torch.no_grad():
         xw = x.to(dtype)

@@ -23,6 +23,7 @@ memory budget and tile in space with overlapping tiles whose seams are blended l
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -132,14 +133,10 @@ def _norm_silu(x: Tensor, gain: Tensor, eps: float) -> Tensor:
     return F.silu(y).to(x.dtype)
 
 
-_COMPILED: dict[str, Callable] = {}
-
-
+@functools.cache
 def _compiled_norm_silu() -> Callable:
     """`_norm_silu` as one read and one write of the activation (torch.compile, built on first use)."""
-    if "norm_silu" not in _COMPILED:
-        _COMPILED["norm_silu"] = torch.compile(_norm_silu, dynamic=True)
-    return _COMPILED["norm_silu"]
+    return torch.compile(_norm_silu, dynamic=True)
 
 
 class ChannelRMSNorm(nn.Module):
@@ -149,7 +146,6 @@ class ChannelRMSNorm(nn.Module):
         super().__init__()
         self.gain = nn.Parameter(torch.ones(channels))
         self.eps = eps
-
         self.kernel = "auto"  # VideoVAE.set_kernels; "compiled": norm and SiLU in one generated kernel
 
     def act(self, x: Tensor) -> Tensor:

@@ -255,8 +255,10 @@ class DiTTask:
         dit = DiT(self.cfg.model)
         if self.cfg.train.init:
             missing, unexpected = dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"), strict=False)
-            # an export from before model.first_chunk_embed starts with the new vector at zero: the same model
-            if unexpected or set(missing) - {"first_chunk"}:
+            # an export from before model.first_chunk_embed or model.text_refiner starts with the new vector at
+            # zero and the refiner as the identity: the same model
+            new = {k for k in missing if k == "first_chunk" or k.startswith("text_refiner.")}
+            if unexpected or set(missing) - new:
                 raise TrainError(f"train.init: '{self.cfg.train.init}' does not match this model (missing "
                                  f"{missing[:3]}, unexpected {unexpected[:3]}); give an export of the same config")
         return DiTLoss(dit)

@@ -127,6 +127,30 @@ def test_first_chunk_embedding_marks_only_the_start_of_the_video():
     assert torch.equal(model(x, t, text, mask), plain(x, t, text, mask))
 
 
+def test_text_refiner_binds_by_order_ignores_padding_and_starts_as_identity():
+    """model.text_refiner: without it the DiT sees the text as a set (swapping two tokens changes nothing), with it
+    the order counts; padding never changes the result; and a fresh refiner is the identity, so an older export
+    gains it without changing what it does."""
+    x, t, text, mask = inputs(B=1)
+    swapped = text[:, [0, 3, 2, 1, 4, 5, 6]]
+    plain = small_dit()
+    assert (plain(x, t, swapped, mask) - plain(x, t, text, mask)).abs().max() < 1e-5  # a bag of tokens
+    model = small_dit(text_refiner=2)
+    with torch.no_grad():
+        for block in model.text_refiner:  # sharp attention, so that positions matter
+            block.attn.q_norm.weight.fill_(4.0)
+            block.attn.k_norm.weight.fill_(4.0)
+    assert (model(x, t, swapped, mask) - model(x, t, text, mask)).abs().max() > 1e-3
+    padded = torch.cat([text, torch.randn(1, 3, 32)], 1)
+    pad_mask = torch.cat([mask, torch.zeros(1, 3, dtype=torch.bool)], 1)
+    assert (model(x, t, padded, pad_mask) - model(x, t, text, mask)).abs().max() < 1e-5
+    fresh = DiT(DiTConfig(hidden=64, depth=2, heads=4, text_dim=32, chunk_frames=2, text_refiner=1))
+    missing, unexpected = fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("text_refiner.") for k in missing)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, t, text, mask), plain(x, t, text, mask))
+
+
 def test_bad_latents_are_clear():
     model = small_dit()
     x, t, text, mask = inputs(H=7)

@@ -109,13 +109,15 @@ def test_export_reproduces_the_trained_model(vae_ckpt, tmp_path):
     assert (folder / "vae.safetensors").is_file() and (folder / "text_encoder" / "config.json").is_file()
 
 
-def test_init_from_an_export_without_the_first_chunk_embedding(vae_ckpt, tmp_path):
+def test_init_from_an_export_without_the_first_chunk_embedding_or_text_refiner(vae_ckpt, tmp_path):
     tr = make_trainer(overrides(vae_ckpt, tmp_path / "old", steps=1))
     tr.fit()
     folder = tr.export()
     new = make_trainer(overrides(vae_ckpt, tmp_path / "new", steps=1, **{"train.init": str(folder),
-                                                                          "model.first_chunk_embed": True}))
+                                                                          "model.first_chunk_embed": True,
+                                                                          "model.text_refiner": 1}))
     assert new.module.dit.first_chunk.abs().max() == 0
+    assert len(new.module.dit.text_refiner) == 1
     x, t = torch.randn(2, 16, 3, 4, 4), torch.rand(2, 3)
     text, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.bool)
     old = DiT(load_config(folder / "config.yaml").model)

@@ -75,6 +75,25 @@ class CrossAttention(nn.Module):
         return self.proj(rearrange(o, "b h n d -> b n (h d)"))
 
 
+class TextRefinerBlock(nn.Module):
+    """Pre-norm self-attention + MLP over the text tokens, with 1-D rotary positions (see DiTConfig.text_refiner)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm_a = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = SelfAttention(dim, heads, qk_norm)
+        self.norm_m = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        """x (B, L, D), mask (B, L) bool (False = padding, never attended to), rope (L, Dh/2) -> (B, L, D)."""
+        q, k, v = self.attn.qkv_heads(self.norm_a(x))
+        o = attention(apply_rope(q, rope), apply_rope(k, rope), v, mask=mask[:, None, None, :])
+        x = x + self.attn.out(o)
+        return x + self.mlp(self.norm_m(x))
+
+
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, temporal_impl: str = "sdpa"):
         super().__init__()
@@ -160,6 +179,9 @@ class DiT(nn.Module):
             nn.Sequential(nn.Linear(cfg.text_dim, D), nn.SiLU(), nn.Linear(D, D)) if cfg.pooled_text else None
         )
         self.first_chunk = nn.Parameter(torch.zeros(D)) if cfg.first_chunk_embed else None
+        self.text_refiner = nn.ModuleList(
+            TextRefinerBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.text_refiner)
+        )
         self.blocks = nn.ModuleList(
             DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.temporal_attention) for _ in range(cfg.depth)
         )
@@ -180,6 +202,11 @@ class DiT(nn.Module):
         nn.init.zeros_(self.t_mod[1].bias)
         for block in self.blocks:
             nn.init.zeros_(block.table)
+        # a text refiner starts as the identity (its residual branches output zero)
+        for block in self.text_refiner:
+            for out in (block.attn.proj, block.mlp[2]):
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
         # the output starts at zero
         nn.init.zeros_(self.final.mod[1].weight)
         nn.init.zeros_(self.final.mod[1].bias)
@@ -233,6 +260,13 @@ class DiT(nn.Module):
             c = c + first[None, :, None] * self.first_chunk.to(c.dtype)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
         txt = self.text_embed(text)  # (B, L, D)
+        if len(self.text_refiner):
+            pairs = self.cfg.hidden // self.cfg.heads // 2
+            freqs = 1.0 / self.cfg.rope_theta ** (torch.arange(pairs, dtype=torch.float64) / pairs)
+            angles = torch.arange(txt.shape[1], dtype=torch.float64)[:, None] * freqs  # (L, Dh/2)
+            rope_l = rope_cos_sin(angles.to(x.device))  # every pair rotates with the token's index
+            for block in self.text_refiner:
+                txt = block(txt, text_mask, rope_l)
 
         head_dim = self.cfg.hidden // self.cfg.heads
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]

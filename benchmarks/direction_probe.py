@@ -16,7 +16,6 @@ Last line: one JSON object with the relative loss increase (%) of the first chun
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -28,7 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from videodit.checkpoint import load_dit, load_text_encoder, load_vae, read_config  # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _util import clean_latents, load_probe_model, probe_args  # noqa: E402
+
 from videodit.data.shapes import SPLITS, caption, render_clip, sample_spec  # noqa: E402
 from videodit.flow import interpolate  # noqa: E402
 
@@ -51,26 +52,14 @@ def example_pair(seed: int, index: int) -> tuple[np.ndarray, str, str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "tiny"))
-    ap.add_argument("--num", type=int, default=96, help="clips")
-    ap.add_argument("--seed", type=int, default=5, help="procedural dataset seed")
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-
-    cfg = read_config(args.checkpoint)
-    dit, vae = load_dit(args.checkpoint, cfg), load_vae(args.checkpoint, cfg)
-    te = load_text_encoder(args.checkpoint, cfg)
+    args = probe_args(__doc__, 96, "clips")
+    cfg, dit, vae, te = load_probe_model(args.checkpoint)
     clips, caps, flips = zip(*(example_pair(args.seed, i) for i in range(args.num)))
     print(f"{args.num} clips; e.g. '{caps[0]}' -> '{flips[0]}'")
     f = cfg.flow
     cf = cfg.model.chunk_frames
     with torch.no_grad():
-        video = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, 3, 9, H, W)
-        z = torch.cat([vae.encode(v[None], vae.init_cache())[0].mean for v in video])  # (B, C, 3, h, w)
-        x0 = (z - f.latent_shift) * f.latent_scale
+        x0 = clean_latents(vae, f, clips)  # (B, C, 3, h, w)
         texts = [te(list(c)) for c in (caps, flips, caps[1:] + caps[:1])]
         noise = torch.randn(x0.shape)
         rows, out = [], {}

@@ -53,16 +53,21 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None)
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
+def _inverse_frequencies(n: int, theta: float) -> Tensor:
+    return 1.0 / theta ** (torch.arange(n, dtype=torch.float64) / max(n, 1))
+
+
 def rope_frequencies(head_dim: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     """Split the rotated pairs of a head over (t, h, w): time gets the remainder after two equal spatial shares."""
     pairs = head_dim // 2
     n_hw = pairs // 3
     n_t = pairs - 2 * n_hw
+    return _inverse_frequencies(n_t, theta), _inverse_frequencies(n_hw, theta), _inverse_frequencies(n_hw, theta)
 
-    def freqs(n: int) -> Tensor:
-        return 1.0 / theta ** (torch.arange(n, dtype=torch.float64) / max(n, 1))
 
-    return freqs(n_t), freqs(n_hw), freqs(n_hw)
+def sequence_angles(length: int, head_dim: int, theta: float) -> Tensor:
+    """Angles (length, head_dim // 2) of a 1-D sequence (text tokens): every rotated pair turns with the index."""
+    return (torch.arange(length, dtype=torch.float64)[:, None] * _inverse_frequencies(head_dim // 2, theta)).float()
 
 
 def rope_angles(

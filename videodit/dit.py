@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from videodit.attention import apply_rope, attention, grid_angles, rope_angles, rope_cos_sin
+from videodit.attention import apply_rope, attention, grid_angles, rope_angles, rope_cos_sin, sequence_angles
 from videodit.config import DiTConfig
 from videodit.patchify import check_divisible, patchify, unpatchify
 
@@ -260,15 +260,12 @@ class DiT(nn.Module):
             c = c + first[None, :, None] * self.first_chunk.to(c.dtype)
         mod = self.t_mod(c).unflatten(-1, (9, -1))  # (B, T, 9, D)
         txt = self.text_embed(text)  # (B, L, D)
+        head_dim = self.cfg.hidden // self.cfg.heads
         if len(self.text_refiner):
-            pairs = self.cfg.hidden // self.cfg.heads // 2
-            freqs = 1.0 / self.cfg.rope_theta ** (torch.arange(pairs, dtype=torch.float64) / pairs)
-            angles = torch.arange(txt.shape[1], dtype=torch.float64)[:, None] * freqs  # (L, Dh/2)
-            rope_l = rope_cos_sin(angles.to(x.device))  # every pair rotates with the token's index
+            rope_l = rope_cos_sin(sequence_angles(txt.shape[1], head_dim, self.cfg.rope_theta).to(x.device))
             for block in self.text_refiner:
                 txt = block(txt, text_mask, rope_l)
 
-        head_dim = self.cfg.hidden // self.cfg.heads
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]
         zero = torch.zeros(1)
         rope_s = rope_cos_sin(grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device))  # (S, Dh/2)

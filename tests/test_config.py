@@ -30,6 +30,7 @@ def test_round_trip(tmp_path):
         (["--modl.depth", "4"], "modl"),
         (["--model.preset", "huge"], "model.preset"),
         (["--data.frames", "16"], "data.frames"),
+        (["--model.text_refiner", "-1"], "model.text_refiner"),
         (["depth=4"], "--section.key"),
     ],
 )

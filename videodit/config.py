@@ -398,6 +398,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.hidden / model.heads must be even (rotary embeddings rotate pairs)")
     if min(m.patch) < 1 or m.chunk_frames < 1 or m.depth < 1:
         raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
+    if m.text_refiner < 0:
+        raise ConfigError(f"model.text_refiner (text refiner blocks) must be >= 0, got {m.text_refiner}")
     if m.temporal_attention not in ("sdpa", "dense"):
         raise ConfigError(f"model.temporal_attention must be 'sdpa' or 'dense', got '{m.temporal_attention}'")
     if cfg.flow.shift < 0:

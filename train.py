@@ -41,7 +41,7 @@ from videodit.checkpoint import (
 from videodit.config import Config, ConfigError, load_config, to_dict
 from videodit.data.video_io import DataError
 from videodit.dit import DiT
-from videodit.flow import flow_loss, sample_t
+from videodit.flow import anchor_gap_index, flow_loss, sample_t, take_frames
 from videodit.speed import apply_activation_checkpointing, compile_blocks
 
 
@@ -292,6 +292,11 @@ class DiTTask:
         g = step_generator(cfg.train.seed, step, 1)
         drop = torch.rand(B, generator=g) < cfg.flow.text_dropout
         x0 = self.latents({k: (v[sl] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()})
+        if cfg.flow.anchor_gap_prob > 0 and cfg.flow.per_chunk_t:
+            keep = cfg.sample.window_chunks + 1  # the recent chunks of the cache and the one being made
+            index = anchor_gap_index(B, x0.shape[2], cfg.model.chunk_frames, keep, cfg.flow.anchor_gap_prob, g)
+            if index is not None:
+                x0 = take_frames(x0, index[sl])
         shape = (B, *x0.shape[1:])
         noise = torch.randn(shape, generator=g)[sl]
         _, C, T, H, W = shape

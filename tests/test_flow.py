@@ -110,3 +110,30 @@ def test_clean_first_frame_share_and_unchanged_draws_when_off():
     assert ((b[:, 0] == 0) & (b[:, 1] > 0)).float().mean() > 0.15  # a known first frame, the rest of its chunk noisy
     with pytest.raises(ConfigError, match="clean_first_frame_prob"):
         load_config(None, {"flow.clean_first_frame_prob": -0.1})
+
+
+def test_anchor_gap_cuts_clips_as_chunked_sampling_lays_out_its_cache():
+    from videodit.config import ConfigError, load_config
+    from videodit.flow import anchor_gap_index, take_frames
+
+    B, C, T, H, W, chunk, keep = 400, 3, 21, 2, 2, 2, 3
+    x = torch.arange(T, dtype=torch.float32).view(1, 1, T, 1, 1).expand(B, C, T, H, W).contiguous()
+    x = x + 100 * torch.arange(B).view(B, 1, 1, 1, 1)  # frame f of clip b holds 100 b + f
+    index = anchor_gap_index(B, T, chunk, keep, 0.5, torch.Generator().manual_seed(0))
+    y = take_frames(x, index)
+    assert y.shape == (B, C, chunk * (1 + keep), H, W)
+    frames = (y[:, 0, :, 0, 0] - 100 * torch.arange(B)[:, None]).long()  # which frame of its own clip
+    assert torch.equal(frames[:, :chunk], torch.arange(chunk).expand(B, -1))  # the anchor: the first chunk
+    run = frames[:, chunk:]
+    assert torch.equal(run - run[:, :1], torch.arange(keep * chunk).expand(B, -1))  # then one contiguous run
+    start = run[:, 0]
+    assert (start % chunk == 0).all() and (start + keep * chunk <= T).all()  # chunk-aligned, inside the clip
+    gapped = start > chunk
+    assert 0.4 < gapped.float().mean() < 0.6  # the share asked for; the rest is the clip's start as it is
+    assert (start[~gapped] == chunk).all()
+    assert set(start[gapped].tolist()) == set(range(2 * chunk, T - keep * chunk + 1, chunk))  # every gap occurs
+    # too short for a gap of one chunk: the clip is trained whole
+    assert anchor_gap_index(B, chunk * (2 + keep) - 1, chunk, keep, 1.0, None) is None
+    assert anchor_gap_index(B, chunk * (2 + keep), chunk, keep, 1.0, None) is not None
+    with pytest.raises(ConfigError, match="anchor_gap_prob"):
+        load_config(None, {"flow.anchor_gap_prob": 1.5})

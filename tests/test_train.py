@@ -293,3 +293,20 @@ def test_batches_of_a_bucketed_dataset_hold_one_clip_length_and_depend_on_the_st
     assert train.BatchPlan(one, 8, 1)(4) == train.global_batch_indices(40, 8, 4, 1)  # one length: unchanged
     with pytest.raises(train.TrainError, match="batch_size"):
         train.BatchPlan(_Bucketed([(3, 8, 8)] * 5 + [(9, 8, 8)] * 5), batch=8, seed=0)
+
+
+def test_anchor_gap_trains_on_the_first_chunk_then_a_later_run(vae_ckpt, tmp_path):
+    """flow.anchor_gap_prob: long clips are cut to the anchor + window + new chunk, as sampling lays out its cache."""
+    args = overrides(vae_ckpt, tmp_path / "gap", steps=3, **{
+        "data.frames": 33, "model.chunk_frames": 1, "sample.window_chunks": 2, "flow.anchor_gap_prob": 1.0})
+    trainer = make_trainer(args)
+    batch = next(trainer.batches(0, 1))
+    whole = trainer.task.latents(batch)  # (B, C, 9, h, w)
+    x0 = trainer.task.inputs(batch, 0, slice(0, 4))["x0"]
+    assert whole.shape[2] == 9 and x0.shape[2] == 1 + 3  # the first chunk, then window_chunks + 1 chunks
+    assert torch.equal(x0[:, :, :1], whole[:, :, :1])
+    for b in range(4):  # the run is a contiguous stretch of the same clip, after a gap of at least one chunk
+        starts = [s for s in range(2, 7) if torch.equal(x0[b, :, 1:], whole[b, :, s : s + 3])]
+        assert len(starts) == 1
+    trainer.fit()
+    assert len(trainer.losses) == 3 and all(torch.isfinite(torch.tensor(v)) for v in dict(trainer.losses).values())

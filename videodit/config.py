@@ -131,6 +131,12 @@ class FlowConfig:
     # whole noisy first chunk the text's say on motion is a few % of the loss and is barely learned); pairs
     # with sample.first_frame_first
     clean_first_frame_prob: float = 0.0
+    # chance that a clip long enough is cut the way sampling lays out its cache: the first chunk (the anchor),
+    # a gap of at least one chunk, then sample.window_chunks + 1 later chunks, at contiguous positions. From
+    # the third chunk on, a video made chunk by chunk is conditioned on exactly that (the first chunk and the
+    # recent ones), a jump contiguous training clips never show; needs clips longer than the cut (shards
+    # cached with many frames, e.g. --frames 129) and per_chunk_t; batches of shorter clips are left whole
+    anchor_gap_prob: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
     latent_shift: float = 0.0
@@ -409,6 +415,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"text.tiny_tokenizer must be 'byte' or 'words', got '{cfg.text.tiny_tokenizer}'")
     if not 0.0 <= cfg.flow.uniform_t_prob <= 1.0:
         raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
+    if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
+        raise ConfigError(f"flow.anchor_gap_prob is a probability in [0, 1], got {cfg.flow.anchor_gap_prob}")
     if not 0.0 <= cfg.flow.clean_first_frame_prob <= 1.0:
         raise ConfigError(
             f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"

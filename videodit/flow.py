@@ -54,6 +54,31 @@ def sample_t(
     return t
 
 
+def anchor_gap_index(
+    batch: int, frames: int, chunk_frames: int, keep_chunks: int, prob: float, generator: torch.Generator | None
+) -> Tensor | None:
+    """Latent frames (B, chunk_frames * (1 + keep_chunks)) to train on when cutting clips the way chunked
+    sampling lays out its cache: the first chunk (the anchor), then `keep_chunks` contiguous chunks that start
+    at least two chunks in (a gap of one chunk or more), with probability `prob` per clip; the other clips keep
+    their first chunk_frames * (1 + keep_chunks) frames. None when `frames` leaves no room for a gap."""
+    last_start = (frames - keep_chunks * chunk_frames) // chunk_frames  # the latest chunk the kept run can start at
+    if last_start < 2:
+        return None
+    gap = torch.rand(batch, generator=generator) < prob
+    start = torch.randint(2, last_start + 1, (batch,), generator=generator)
+    start = torch.where(gap, start, torch.ones_like(start)) * chunk_frames  # 1 chunk in = no gap
+    anchor = torch.arange(chunk_frames).expand(batch, -1)
+    run = start[:, None] + torch.arange(keep_chunks * chunk_frames)
+    return torch.cat([anchor, run], 1)
+
+
+def take_frames(x: Tensor, index: Tensor) -> Tensor:
+    """Latents (B, C, T, H, W) -> (B, C, T', H, W): the frames `index` (B, T') of each clip."""
+    b, c, _, h, w = x.shape
+    idx = index.to(x.device).view(b, 1, -1, 1, 1).expand(b, c, -1, h, w)
+    return x.gather(2, idx)
+
+
 def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """x_t for latents (B, C, T, H, W) and t (B,) or (B, T)."""
     tt = t.view(t.shape[0], 1, -1, 1, 1) if t.dim() == 2 else t.view(-1, 1, 1, 1, 1)

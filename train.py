@@ -292,17 +292,24 @@ class DiTTask:
         g = step_generator(cfg.train.seed, step, 1)
         drop = torch.rand(B, generator=g) < cfg.flow.text_dropout
         x0 = self.latents({k: (v[sl] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()})
+        gapped = None
         if cfg.flow.anchor_gap_prob > 0 and cfg.flow.per_chunk_t:
             keep = cfg.sample.window_chunks + 1  # the recent chunks of the cache and the one being made
             index = anchor_gap_index(B, x0.shape[2], cfg.model.chunk_frames, keep, cfg.flow.anchor_gap_prob, g)
             if index is not None:
                 x0 = take_frames(x0, index[sl])
+                gapped = index[:, cfg.model.chunk_frames] > cfg.model.chunk_frames
         shape = (B, *x0.shape[1:])
         noise = torch.randn(shape, generator=g)[sl]
         _, C, T, H, W = shape
         pt, ph, pw = cfg.model.patch
         tokens = (T // pt) * (H // ph) * (W // pw)
         t = sample_t(B, T, cfg.model.chunk_frames, tokens, cfg.flow, g)[sl]
+        if gapped is not None:
+            # the chunk after the gap is only ever context, as in sampling (clean, no loss): a loss on it would
+            # teach that the chunk after the first may jump, which sampling's second chunk must not
+            gapped = gapped[sl, None] & (torch.arange(T) < 2 * cfg.model.chunk_frames)
+            t = torch.where(gapped, torch.zeros_like(t), t)
         if "text_emb" in batch:
             emb, mask = batch["text_emb"][sl], batch["text_mask"][sl].bool()
         else:

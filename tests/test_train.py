@@ -302,8 +302,11 @@ def test_anchor_gap_trains_on_the_first_chunk_then_a_later_run(vae_ckpt, tmp_pat
     trainer = make_trainer(args)
     batch = next(trainer.batches(0, 1))
     whole = trainer.task.latents(batch)  # (B, C, 9, h, w)
-    x0 = trainer.task.inputs(batch, 0, slice(0, 4))["x0"]
+    inputs = trainer.task.inputs(batch, 0, slice(0, 4))
+    x0, t = inputs["x0"], inputs["t"]
     assert whole.shape[2] == 9 and x0.shape[2] == 1 + 3  # the first chunk, then window_chunks + 1 chunks
+    assert (t[:, :2] == 0).all()  # the anchor and the chunk after the gap are clean context (no loss), as in sampling
+    assert (t[:, 2:] > 0).any()
     assert torch.equal(x0[:, :, :1], whole[:, :, :1])
     for b in range(4):  # the run is a contiguous stretch of the same clip, after a gap of at least one chunk
         starts = [s for s in range(2, 7) if torch.equal(x0[b, :, 1:], whole[b, :, s : s + 3])]

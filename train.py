@@ -308,8 +308,8 @@ class DiTTask:
         if gapped is not None:
             # the chunk after the gap is only ever context, as in sampling (clean, no loss): a loss on it would
             # teach that the chunk after the first may jump, which sampling's second chunk must not
-            gapped = gapped[sl, None] & (torch.arange(T) < 2 * cfg.model.chunk_frames)
-            t = torch.where(gapped, torch.zeros_like(t), t)
+            context = gapped[sl, None] & (torch.arange(T) < 2 * cfg.model.chunk_frames)
+            t = t.masked_fill(context, 0.0)
         if "text_emb" in batch:
             emb, mask = batch["text_emb"][sl], batch["text_mask"][sl].bool()
         else:

@@ -293,7 +293,7 @@ class DiTTask:
         drop = torch.rand(B, generator=g) < cfg.flow.text_dropout
         x0 = self.latents({k: (v[sl] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()})
         gapped = None
-        if cfg.flow.anchor_gap_prob > 0 and cfg.flow.per_chunk_t:
+        if cfg.flow.anchor_gap_prob > 0:  # load_config: needs per_chunk_t
             keep = cfg.sample.window_chunks + 1  # the recent chunks of the cache and the one being made
             index = anchor_gap_index(B, x0.shape[2], cfg.model.chunk_frames, keep, cfg.flow.anchor_gap_prob, g)
             if index is not None:

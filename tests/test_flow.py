@@ -137,3 +137,5 @@ def test_anchor_gap_cuts_clips_as_chunked_sampling_lays_out_its_cache():
     assert anchor_gap_index(B, chunk * (2 + keep), chunk, keep, 1.0, None) is not None
     with pytest.raises(ConfigError, match="anchor_gap_prob"):
         load_config(None, {"flow.anchor_gap_prob": 1.5})
+    with pytest.raises(ConfigError, match="per_chunk_t"):
+        load_config(None, {"flow.anchor_gap_prob": 0.5, "flow.per_chunk_t": False})

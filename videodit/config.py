@@ -417,6 +417,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
     if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
         raise ConfigError(f"flow.anchor_gap_prob is a probability in [0, 1], got {cfg.flow.anchor_gap_prob}")
+    if cfg.flow.anchor_gap_prob > 0 and not cfg.flow.per_chunk_t:
+        raise ConfigError("flow.anchor_gap_prob needs flow.per_chunk_t: true (the anchor and the chunk after the gap "
+                          "are clean context, which takes a timestep per chunk); set flow.per_chunk_t: true or "
+                          "flow.anchor_gap_prob: 0")
     if not 0.0 <= cfg.flow.clean_first_frame_prob <= 1.0:
         raise ConfigError(
             f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"

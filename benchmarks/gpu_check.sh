@@ -18,7 +18,10 @@
 #   VAE_STEPS / VAE_BATCH (32) size step 5. VAEBENCH=1 first runs benchmarks/vae_gpu.py (every VAE kernel choice vs
 #   Wan; log and kernel profile in OUT/). CONFIG (configs/tiny.yaml) is the config the fine-tune starts from (e.g.
 #   checkpoints/tiny/config.yaml to keep the shipped model's settings); SHORT=N also caches N 9-frame clips and
-#   trains on both lengths (each batch from one); SEED (0) seeds the procedural clips.
+#   trains on both lengths (each batch from one); LONG=N also caches N 129-frame clips (what
+#   flow.anchor_gap_prob cuts; pass it in EXTRA); SEED (0) seeds the procedural clips. INIT (checkpoints/tiny) is the
+#   export the DiT starts from; INIT=none trains it from scratch (a new size, e.g.
+#   INIT=none EXTRA="--model.patch [1,1,1] --model.hidden 256"), still on the shipped VAE and text encoder.
 set -u
 OUT=${1:-gpu_out}; BUDGET=${2:-560}; CLIPS=${3:-16000}; BATCH=${BATCH:-256}; PROBE=${PROBE:-120}
 T0=$(date +%s); left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -82,6 +85,12 @@ if [ "${SHORT:-0}" -gt 0 ]; then
     | grep -v Warning | tee -a "$OUT/train.log"
   SHARDS=$WORK/shards,$WORK/shards9
 fi
+if [ "${LONG:-0}" -gt 0 ]; then
+  timeout 300 python3 -m videodit.data cache --shapes "$LONG" --seed $(( SEED + 2 )) --frames 129 --size 64 \
+    --vae checkpoints/tiny $TXT_CACHE --out $WORK/shards129 --shard-size 500 --batch-size 100 --workers 12 2>&1 \
+    | grep -v Warning | tee -a "$OUT/train.log"
+  SHARDS=$SHARDS,$WORK/shards129
+fi
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
 COMMON="--config ${CONFIG:-configs/tiny.yaml} --data.shards $SHARDS --train.vae checkpoints/tiny --train.wandb disabled \
@@ -98,7 +107,9 @@ timeout 60 python3 -m torch.distributed.run --nproc_per_node 1 --master_port 295
 ls $WORK/ds_run/checkpoints/* $WORK/ds_run/export 2>&1 | tee -a "$OUT/deepspeed.log"
 fi
 
-TRAIN="$COMMON --train.init checkpoints/tiny --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
+INIT=${INIT:-checkpoints/tiny}
+if [ "$INIT" = none ]; then INIT_ARG="--train.init="; else INIT_ARG="--train.init $INIT"; fi
+TRAIN="$COMMON $INIT_ARG --data.batch_size $BATCH --data.num_workers 8 --train.lr 5e-4 \
   --train.warmup_steps 200 --train.ema_decay 0.999 --train.log_every 100 ${EXTRA:-}"
 if [ -n "${STEPS:-}" ]; then
 echo "== train $STEPS steps ($(left) s left)" | tee -a "$OUT/train.log"

@@ -75,22 +75,17 @@ fi
 echo "== cache $CLIPS shapes clips ($(left) s left)" | tee "$OUT/train.log"
 s=$(date +%s)
 SEED=${SEED:-0}
-timeout 200 python3 -m videodit.data cache --shapes "$CLIPS" --seed "$SEED" --frames 33 --size 64 --vae checkpoints/tiny \
-  $TXT_CACHE --out $WORK/shards --shard-size 2000 --batch-size 500 --workers 12 2>&1 | grep -v Warning \
-  | tee -a "$OUT/train.log"
-SHARDS=$WORK/shards
-if [ "${SHORT:-0}" -gt 0 ]; then
-  timeout 120 python3 -m videodit.data cache --shapes "$SHORT" --seed $(( SEED + 1 )) --frames 9 --size 64 \
-    --vae checkpoints/tiny $TXT_CACHE --out $WORK/shards9 --shard-size 2000 --batch-size 1000 --workers 12 2>&1 \
-    | grep -v Warning | tee -a "$OUT/train.log"
-  SHARDS=$WORK/shards,$WORK/shards9
-fi
-if [ "${LONG:-0}" -gt 0 ]; then
-  timeout 300 python3 -m videodit.data cache --shapes "$LONG" --seed $(( SEED + 2 )) --frames 129 --size 64 \
-    --vae checkpoints/tiny $TXT_CACHE --out $WORK/shards129 --shard-size 500 --batch-size 100 --workers 12 2>&1 \
-    | grep -v Warning | tee -a "$OUT/train.log"
-  SHARDS=$SHARDS,$WORK/shards129
-fi
+# cache_clips TIMEOUT_S N SEED FRAMES SHARD_SIZE BATCH_SIZE: N procedural clips into $WORK/shards$FRAMES, appended to SHARDS
+cache_clips() {
+  timeout "$1" python3 -m videodit.data cache --shapes "$2" --seed "$3" --frames "$4" --size 64 --vae checkpoints/tiny \
+    $TXT_CACHE --out $WORK/shards$4 --shard-size "$5" --batch-size "$6" --workers 12 2>&1 | grep -v Warning \
+    | tee -a "$OUT/train.log"
+  SHARDS=${SHARDS:+$SHARDS,}$WORK/shards$4
+}
+SHARDS=""
+cache_clips 200 "$CLIPS" "$SEED" 33 2000 500
+[ "${SHORT:-0}" -gt 0 ] && cache_clips 120 "$SHORT" $(( SEED + 1 )) 9 2000 1000
+[ "${LONG:-0}" -gt 0 ] && cache_clips 300 "$LONG" $(( SEED + 2 )) 129 500 100
 echo "cache wall $(( $(date +%s) - s )) s" | tee -a "$OUT/train.log"
 
 COMMON="--config ${CONFIG:-configs/tiny.yaml} --data.shards $SHARDS --train.vae checkpoints/tiny --train.wandb disabled \

@@ -84,8 +84,9 @@ def rope_angles(
     ).float()  # (T, S, head_dim // 2)
 
 
-def grid_angles(t_pos: Tensor, H: int, W: int, head_dim: int, theta: float) -> Tensor:
-    hh, ww = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+def grid_angles(t_pos: Tensor, H: int, W: int, head_dim: int, theta: float, scale: float = 1.0) -> Tensor:
+    """Angles of an H x W grid whose (row, column) positions are multiplied by `scale`."""
+    hh, ww = torch.meshgrid(torch.arange(H) * scale, torch.arange(W) * scale, indexing="ij")
     return rope_angles(t_pos, hh.flatten(), ww.flatten(), head_dim, theta)
 
 

@@ -54,6 +54,10 @@ class DiTConfig:
     # motion belong together in a two-object prompt; the refiner's local attention can bind them. Its output
     # projections start at zero: a model gains a refiner as the identity and keeps its behaviour.
     text_refiner: int = 0
+    # spatial rotary positions are (row, column) times this. 1 for a DiT trained at its own patch size; a DiT
+    # re-patched from one with k times larger spatial patches (`python -m videodit.repatch`) uses 1/k, so its
+    # tokens keep the distances the weights were trained on
+    rope_grid_scale: float = 1.0
 
 
 DIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -404,6 +408,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("model.hidden / model.heads must be even (rotary embeddings rotate pairs)")
     if min(m.patch) < 1 or m.chunk_frames < 1 or m.depth < 1:
         raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
+    if not m.rope_grid_scale > 0:
+        raise ConfigError(f"model.rope_grid_scale must be > 0 (1 unless re-patched), got {m.rope_grid_scale}")
     if m.text_refiner < 0:
         raise ConfigError(f"model.text_refiner (text refiner blocks) must be >= 0, got {m.text_refiner}")
     if m.temporal_attention not in ("sdpa", "dense"):

@@ -268,7 +268,8 @@ class DiT(nn.Module):
 
         Hp, Wp = H // self.cfg.patch[1], W // self.cfg.patch[2]
         zero = torch.zeros(1)
-        rope_s = rope_cos_sin(grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta)[0].to(x.device))  # (S, Dh/2)
+        grid = grid_angles(zero, Hp, Wp, head_dim, self.cfg.rope_theta, self.cfg.rope_grid_scale)[0]
+        rope_s = rope_cos_sin(grid.to(x.device))  # (S, Dh/2)
         angles_t = rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)
         rope_t = rope_cos_sin(angles_t[:, 0].to(x.device))  # (T_past + T, Dh/2): only the time pairs rotate
         time_mask = self.time_mask(T_past, T, x.device)

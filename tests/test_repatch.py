@@ -1,0 +1,80 @@
+import pytest
+import torch
+from einops import repeat
+
+from tests.test_dit import small_dit
+from videodit.attention import grid_angles
+from videodit.checkpoint import load_dit, save_module, write_config
+from videodit.config import Config, ConfigError, DiTConfig
+from videodit.patchify import patchify
+from videodit.repatch import main, repatch_state
+
+
+def trained_like(patch=(1, 2, 2)):
+    model = small_dit(patch=patch)
+    return model, Config(model=model.cfg)
+
+
+def test_block_constant_latents_embed_as_before():
+    old, cfg = trained_like()
+    state, new_cfg = repatch_state(old.state_dict(), cfg, (1, 1, 1))
+    new = type(old)(new_cfg.model)
+    new.load_state_dict(state, strict=True)
+    coarse = torch.randn(2, 16, 3, 4, 4)
+    fine = repeat(coarse, "b c t h w -> b c t (h r1) (w r2)", r1=2, r2=2)  # every 2x2 block constant
+    e_old = old.x_embed(patchify(fine, (1, 2, 2)))  # (B, T, 16, D): one token per 2x2 block
+    e_new = new.x_embed(patchify(fine, (1, 1, 1))).unflatten(2, (4, 2, 4, 2))  # (B, T, h, r1, w, r2, D)
+    for r1 in range(2):
+        for r2 in range(2):
+            torch.testing.assert_close(e_new[:, :, :, r1, :, r2].flatten(2, 3), e_old, atol=1e-5, rtol=1e-5)
+
+
+def test_readout_is_the_mean_over_the_old_patch():
+    old, cfg = trained_like()
+    state, new_cfg = repatch_state(old.state_dict(), cfg, (1, 1, 1))
+    new = type(old)(new_cfg.model)
+    new.load_state_dict(state, strict=True)
+    h = torch.randn(5, old.cfg.hidden)
+    y_old = old.final.linear(h).view(5, 16, 2, 2)  # (c, ph, pw) per token
+    torch.testing.assert_close(new.final.linear(h), y_old.mean((2, 3)), atol=1e-5, rtol=1e-5)
+    assert new_cfg.model.patch == (1, 1, 1) and new_cfg.model.rope_grid_scale == 0.5
+    for key, value in old.state_dict().items():  # everything else carries over unchanged
+        if key not in ("x_embed.weight", "final.linear.weight", "final.linear.bias"):
+            assert torch.equal(state[key], value), key
+
+
+def test_grid_scale_keeps_the_old_positions():
+    fine = grid_angles(torch.zeros(1), 8, 8, 32, 10000.0, scale=0.5)[0].view(8, 8, -1)
+    coarse = grid_angles(torch.zeros(1), 4, 4, 32, 10000.0)[0].view(4, 4, -1)
+    torch.testing.assert_close(fine[::2, ::2], coarse)
+
+
+@pytest.mark.parametrize("patch", [(2, 1, 1), (1, 1, 2), (1, 3, 3)])
+def test_impossible_patches_are_clear(patch):
+    old, cfg = trained_like()
+    with pytest.raises(ConfigError, match="patch"):
+        repatch_state(old.state_dict(), cfg, patch)
+
+
+def test_grid_scale_must_be_positive():
+    from videodit.config import validate
+
+    with pytest.raises(ConfigError, match="rope_grid_scale"):
+        validate(Config(model=DiTConfig(rope_grid_scale=0.0)))
+
+
+def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+    old, cfg = trained_like()
+    src = tmp_path / "src"
+    save_module(old, src / "dit.safetensors")
+    write_config(cfg, src)
+    assert main(["--checkpoint", str(src), "--patch", "1", "1", "1", "--out", str(tmp_path / "p1")]) == 0
+    new = load_dit(tmp_path / "p1")
+    x = torch.randn(1, 16, 4, 8, 8)
+    v = new(x, torch.full((1,), 0.5), torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.bool))
+    assert v.shape == x.shape and torch.isfinite(v).all()
+
+    missing = ["--checkpoint", str(tmp_path / "missing"), "--patch", "1", "1", "1", "--out", str(tmp_path / "x")]
+    assert main(missing) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -2,17 +2,21 @@ import pytest
 import torch
 from einops import repeat
 
-from tests.test_dit import small_dit
 from videodit.attention import grid_angles
 from videodit.checkpoint import load_dit, save_module, write_config
 from videodit.config import Config, ConfigError, DiTConfig
+from videodit.dit import DiT
 from videodit.patchify import patchify
 from videodit.repatch import main, repatch_state
 
 
 def trained_like(patch=(1, 2, 2)):
-    model = small_dit(patch=patch)
-    return model, Config(model=model.cfg)
+    """A small DiT with every weight off its initial value (adaLN-Zero and the zero readout included)."""
+    model = DiT(DiTConfig(hidden=64, depth=2, heads=4, text_dim=32, chunk_frames=2, patch=patch))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval(), Config(model=model.cfg)
 
 
 def test_block_constant_latents_embed_as_before():

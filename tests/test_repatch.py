@@ -4,7 +4,7 @@ from einops import repeat
 
 from videodit.attention import grid_angles
 from videodit.checkpoint import load_dit, save_module, write_config
-from videodit.config import Config, ConfigError, DiTConfig
+from videodit.config import Config, ConfigError, DiTConfig, validate
 from videodit.dit import DiT
 from videodit.patchify import patchify
 from videodit.repatch import main, repatch_state
@@ -61,8 +61,6 @@ def test_impossible_patches_are_clear(patch):
 
 
 def test_grid_scale_must_be_positive():
-    from videodit.config import validate
-
     with pytest.raises(ConfigError, match="rope_grid_scale"):
         validate(Config(model=DiTConfig(rope_grid_scale=0.0)))
 

@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = read_config(args.checkpoint)
         state = load_state(Path(args.checkpoint) / "dit.safetensors")
         new_state, new_cfg = repatch_state(state, cfg, tuple(args.patch))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(args.out)  # both writers below create the folder
         atomic_save_state(new_state, out / "dit.safetensors")
         write_config(new_cfg, out)
     except (ConfigError, CheckpointError, OSError) as e:

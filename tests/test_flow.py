@@ -74,11 +74,31 @@ def test_interpolation_and_loss_target():
     assert flow_loss(wrong_on_clean, x0, t, noise) == 0
 
 
+def test_detail_weights_favour_what_stands_out_and_keep_the_loss_scale():
+    from videodit.flow import detail_weights
+
+    x0 = torch.zeros(2, 4, 3, 8, 8)
+    x0[:, :, :, 2:4, 5:7] = 3.0  # a small object on a flat background
+    w = detail_weights(x0, 2.0)
+    assert w.shape == (2, 1, 3, 8, 8)
+    assert torch.allclose(w.mean((3, 4)), torch.ones(2, 1, 3), atol=1e-5)  # mean 1 in every frame
+    assert (w[:, :, :, 2:4, 5:7] > 3 * w[:, :, :, 0, 0, None, None]).all()  # the object outweighs the background
+    assert torch.allclose(detail_weights(torch.randn(1, 4, 2, 8, 8) * 0 + 1.5, 2.0), torch.ones(1, 1, 2, 8, 8))
+    noise = torch.randn_like(x0)
+    t = torch.full((2, 3), 0.5)
+    off_by_one = lambda x, tt: noise - x0 + 1.0  # error 1 everywhere: the weighted loss is still 1
+    assert torch.isclose(flow_loss(off_by_one, x0, t, noise, detail_weight=2.0), torch.tensor(1.0))
+    on_object = lambda x, tt: noise - x0 + (x0 > 0).float()  # errors on the object alone weigh more
+    assert flow_loss(on_object, x0, t, noise, detail_weight=2.0) > 2 * flow_loss(on_object, x0, t, noise)
+
+
 def test_negative_shift_is_a_config_error():
     from videodit.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="flow.shift"):
         load_config(None, {"flow.shift": -1.0})
+    with pytest.raises(ConfigError, match="flow.detail_weight"):
+        load_config(None, {"flow.detail_weight": -0.5})
 
 
 def test_uniform_share_of_t_covers_the_noisy_end_sampling_starts_from():

@@ -141,6 +141,9 @@ class FlowConfig:
     # recent ones), a jump contiguous training clips never show; needs clips longer than the cut (shards
     # cached with many frames, e.g. --frames 129) and per_chunk_t; batches of shorter clips are left whole
     anchor_gap_prob: float = 0.0
+    # > 0: weight the loss toward latent positions that stand out of their frame (flow.detail_weights): small
+    # objects are a few latent pixels of a mostly flat frame, so plain MSE spends little on their shape
+    detail_weight: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
     latent_shift: float = 0.0
@@ -421,6 +424,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"text.tiny_tokenizer must be 'byte' or 'words', got '{cfg.text.tiny_tokenizer}'")
     if not 0.0 <= cfg.flow.uniform_t_prob <= 1.0:
         raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
+    if not cfg.flow.detail_weight >= 0:
+        raise ConfigError(f"flow.detail_weight must be >= 0 (0 = plain MSE), got {cfg.flow.detail_weight}")
     if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
         raise ConfigError(f"flow.anchor_gap_prob is a probability in [0, 1], got {cfg.flow.anchor_gap_prob}")
     if cfg.flow.anchor_gap_prob > 0 and not cfg.flow.per_chunk_t:

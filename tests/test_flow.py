@@ -83,7 +83,7 @@ def test_detail_weights_favour_what_stands_out_and_keep_the_loss_scale():
     assert w.shape == (2, 1, 3, 8, 8)
     assert torch.allclose(w.mean((3, 4)), torch.ones(2, 1, 3), atol=1e-5)  # mean 1 in every frame
     assert (w[:, :, :, 2:4, 5:7] > 3 * w[:, :, :, 0, 0, None, None]).all()  # the object outweighs the background
-    assert torch.allclose(detail_weights(torch.randn(1, 4, 2, 8, 8) * 0 + 1.5, 2.0), torch.ones(1, 1, 2, 8, 8))
+    assert torch.allclose(detail_weights(torch.full((1, 4, 2, 8, 8), 1.5), 2.0), torch.ones(1, 1, 2, 8, 8))
     noise = torch.randn_like(x0)
     t = torch.full((2, 3), 0.5)
     off_by_one = lambda x, tt: noise - x0 + 1.0  # error 1 everywhere: the weighted loss is still 1

@@ -86,11 +86,11 @@ def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 
 
 def detail_weights(x0: Tensor, strength: float, cap: float = 10.0) -> Tensor:
-    """Per-position loss weights (B, 1, T, H, W) with mean 1 per frame that favour what stands out of a frame:
-    the channel-norm distance of each latent pixel from the frame's spatial median, over its frame mean (capped
-    at `cap`), mixed as (1 + strength * d) / (1 + strength). A flat background is most of the positions and
-    the easiest to get right; small objects are a few latent pixels, so their shape is a small share of the
-    loss. strength 0 = plain MSE."""
+    """Per-position loss weights (B, 1, T, H, W) with mean 1 per frame that favour what stands out of a frame.
+    d = the channel-norm distance of each latent pixel from the frame's spatial median, over its frame mean,
+    capped at `cap`; the weight is (1 + strength * d) / (1 + strength * mean d), the mean taken after the cap.
+    A flat background is most of the positions and the easiest to get right; small objects are a few latent
+    pixels, so their shape is a small share of the loss. strength 0 = plain MSE."""
     B, C, T, H, W = x0.shape
     flat = x0.float().flatten(3)  # (B, C, T, H*W)
     d = (flat - flat.median(3, keepdim=True).values).norm(dim=1)  # (B, T, H*W)

@@ -34,7 +34,8 @@ for i, v in enumerate(report["per_video"]):
         shape_ok, found = tr["shape"] == SHAPES.index(q.shape), tr["found"]
         row = np.array([len(frames), (found & shape_ok).sum(), (~found).sum(), (found & ~shape_ok).sum()])
         total += row
-        groups[(q.size or "-", q.shape, len(queries))] = groups.get((q.size or "-", q.shape, len(queries)), 0) + row
+        key = (q.size or "-", q.shape, len(queries))
+        groups[key] = groups.get(key, 0) + row
         if row[3] > 0.1 * row[0]:
             read = np.bincount(tr["shape"][found & ~shape_ok], minlength=3)
             print(f"video {i:3d} {q.colour} {q.size or ''} {q.shape}: wrong shape in {row[3]} frames, read as "

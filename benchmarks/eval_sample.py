@@ -40,9 +40,11 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 
 def _generate_one(job: tuple) -> Path:
-    checkpoint, prompt, seconds, steps, cfg, cfg_later, window, anchor, context_noise, history, fff, seed, out = job
+    (checkpoint, prompt, seconds, steps, cfg, cfg_later, low_t, cfg_low, window, anchor, context_noise, history, fff,
+     seed, out) = job
     onoff = {"on": True, "off": False}
     req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg, cfg_scale_later=cfg_later,
+                  cfg_low_t=low_t, cfg_scale_low=cfg_low,
                   window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
                   history_guidance=history, first_frame_first=onoff.get(fff), seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--cfg", type=float, default=-1.0)
     ap.add_argument("--cfg-later", type=float, default=-1.0, help="guidance for the chunks after the first")
+    ap.add_argument("--cfg-low-t", type=float, default=-1.0, help="guidance interval: default: the checkpoint's")
+    ap.add_argument("--cfg-low", type=float, default=-1.0, help="guidance below --cfg-low-t; default: checkpoint's")
     ap.add_argument("--window", type=int, default=-1, help="recent chunks in the KV cache; default: checkpoint's")
     ap.add_argument("--anchor", choices=["on", "off"], default="", help="default: the checkpoint's")
     ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
@@ -92,8 +96,8 @@ def main() -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.window, args.anchor,
-             args.context_noise, args.history_guidance, args.first_frame_first, args.seed + i,
+    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.cfg_low_t, args.cfg_low,
+             args.window, args.anchor, args.context_noise, args.history_guidance, args.first_frame_first, args.seed + i,
              str(out_dir / f"{i:03d}.mp4"))
             for i, p in enumerate(prompts)]
     with contextlib.ExitStack() as stack:

@@ -150,6 +150,29 @@ def test_cfg_scale_later_guides_the_chunks_after_the_first(pipe):
         pipe.resolve(Request(prompts=["a green circle"], at=[0.0], seconds=2.0, cfg_scale_later=float("nan")))
 
 
+def test_guidance_interval_uses_the_low_scale_only_below_cfg_low_t(pipe):
+    """sample.cfg_low_t / cfg_scale_low: steps at t < cfg_low_t use the low scale. With two Euler steps (t = 1,
+    then t_mid < 1) and cfg_low_t = 0.999, only the last step of each chunk changes: the first chunk moves
+    linearly in the low scale; a low scale equal to the usual one, or cfg_low_t = 0, is plain guidance."""
+    def run(low_t, low, cfg=2.0):
+        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=2, cfg_scale=cfg,
+                      cfg_low_t=low_t, cfg_scale_low=low)
+        return list(pipe.latent_chunks(req))
+
+    plain = run(0.0, 1.0)
+    assert all(torch.equal(a, b) for a, b in zip(plain, run(0.0, 5.0)))  # off: the low scale is ignored
+    assert all(torch.equal(a, b) for a, b in zip(plain, run(0.999, 2.0)))  # the same scale below t
+    z1, z2, z3 = run(0.999, 1.0), run(0.999, 2.0), run(0.999, 3.0)
+    step = z2[0] - z1[0]
+    assert step.abs().max() > 1e-3
+    torch.testing.assert_close(z3[0] - z1[0], 2 * step, atol=1e-5, rtol=1e-4)
+    # unguided above t, guided below: the negative prompt is still encoded
+    assert (run(0.999, 3.0, cfg=1.0)[0] - run(0.0, 1.0, cfg=1.0)[0]).abs().max() > 1e-3
+    for bad in (dict(cfg_low_t=1.5), dict(cfg_low_t=float("nan")), dict(cfg_low_t=0.5, cfg_scale_low=float("nan"))):
+        with pytest.raises(GenerateError, match="--cfg-low-t must be in"):
+            pipe.resolve(Request(prompts=["a green circle"], at=[0.0], seconds=2.0, **bad))
+
+
 def test_first_frame_first_resamples_the_opening_motion_from_the_kept_first_frame(pipe):
     """sample.first_frame_first: the first chunk is sampled as usual, its first latent frame kept, and its other
     frames sampled again from fresh noise with that frame clean (t = 0). Checked against the DiT run directly."""
@@ -215,7 +238,7 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
 
     out, sheet = tmp_path / "v.mp4", tmp_path / "sheet.png"
     r = run_cli("--checkpoint", str(ckpt), "--prompt", "a red circle moving to the right", "--seconds", "2",
-                "--out", str(out), "--preview", str(sheet), "--steps", "2")
+                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2")
     assert r.returncode == 0, r.stderr
     with av.open(str(out)) as c:
         frames = [f for f in c.decode(video=0)]
@@ -231,6 +254,7 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
         (["--size", "24"], "--size"),
         (["--out", "/proc/nope/v.mp4"], "cannot"),
         (["--out", "video.avi"], ".mp4"),
+        (["--cfg-low-t", "2"], "--cfg-low-t"),
     ],
 )
 def test_cli_bad_input_exits_cleanly_without_partial_file(ckpt, tmp_path, args, needle):

@@ -40,6 +40,8 @@ class Request:
     steps: int = 0  # 0 = the checkpoint's sample.steps
     cfg_scale: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale
     cfg_scale_later: float = -1.0  # chunks after the first; < 0 = the checkpoint's sample.cfg_scale_later
+    cfg_low_t: float = -1.0  # steps at t below this use cfg_scale_low; < 0 = the checkpoint's, 0 = off
+    cfg_scale_low: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale_low
     sampler: str = ""
     window_chunks: int = -1
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
@@ -73,6 +75,8 @@ class Pipeline:
         r.cfg_scale = s.cfg_scale if r.cfg_scale < 0 else r.cfg_scale
         r.cfg_scale_later = s.cfg_scale_later if r.cfg_scale_later < 0 else r.cfg_scale_later
         r.cfg_scale_later = r.cfg_scale if r.cfg_scale_later < 0 else r.cfg_scale_later
+        r.cfg_low_t = s.cfg_low_t if r.cfg_low_t < 0 else r.cfg_low_t
+        r.cfg_scale_low = s.cfg_scale_low if r.cfg_scale_low < 0 else r.cfg_scale_low
         r.sampler = r.sampler or s.sampler
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
         r.anchor = s.anchor if r.anchor is None else r.anchor
@@ -97,6 +101,9 @@ class Pipeline:
             raise GenerateError(f"--context-noise must be in [0, 1), got {r.context_noise:g}")
         if not (r.cfg_scale >= 0 and r.cfg_scale_later >= 0):
             raise GenerateError("--cfg and --cfg-later must be >= 0 (1 = no guidance)")
+        if not (0 <= r.cfg_low_t <= 1 and r.cfg_scale_low >= 0):
+            raise GenerateError(f"--cfg-low-t must be in [0, 1] (0 = off) and --cfg-low >= 0, got {r.cfg_low_t:g} "
+                                f"and {r.cfg_scale_low:g}")
         if not r.history_guidance >= 0:
             raise GenerateError(f"--history-guidance must be >= 0 (0 = off), got {r.history_guidance:g}")
         if r.steps < 1:
@@ -115,7 +122,9 @@ class Pipeline:
         """Per prompt: (emb, mask) batched as [prompt, negative] (or [prompt] without guidance)."""
         out = []
         for p in req.prompts:
-            texts = [p, req.negative_prompt] if req.cfg_scale != 1.0 or req.cfg_scale_later != 1.0 else [p]
+            guided = any(s != 1.0 for s in (req.cfg_scale, req.cfg_scale_later)) or (
+                req.cfg_low_t > 0 and req.cfg_scale_low != 1.0)
+            texts = [p, req.negative_prompt] if guided else [p]
             emb, mask = self.text_encoder(texts)
             out.append((emb.to(self.device), mask.to(self.device)))
         return out
@@ -149,7 +158,10 @@ class Pipeline:
                 tb = t.repeat(nb, *[1] * (t.dim() - 1))
                 v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, context, start)
                 vc, vu = (v, v) if nb == 1 else v.chunk(2)
-                out = vu + (req.cfg_scale if start == 0 else req.cfg_scale_later) * (vc - vu)
+                # t is the step's noise level; (1, Tc) with a clean first frame in resample_after_first
+                scale = req.cfg_scale if start == 0 else req.cfg_scale_later
+                scale = req.cfg_scale_low if float(t.max()) < req.cfg_low_t else scale
+                out = vu + scale * (vc - vu)
                 if req.history_guidance and context:  # the first chunk has no past to guide by
                     v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [], start)
                     out = out + req.history_guidance * (vc - v_alone)

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cfg-low", type=float, default=-1.0,
                    help="guidance scale of the steps below --cfg-low-t; default: the checkpoint's")
     p.add_argument("--sampler", choices=["euler", "heun"], default="")
+    p.add_argument("--churn", type=float, default=-1.0,
+                   help="share of fresh noise each sampling step takes in, 0..1 (0 = deterministic); "
+                        "default: the checkpoint's")
     p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
     p.add_argument("--anchor", choices=["on", "off"], default="",
                    help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg,
                       cfg_scale_later=args.cfg_later, cfg_low_t=args.cfg_low_t, cfg_scale_low=args.cfg_low,
-                      sampler=args.sampler,
+                      sampler=args.sampler, churn=args.churn,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
                       first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
               f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}"
               + (f" (later chunks {req.cfg_scale_later:g})" if req.cfg_scale_later != req.cfg_scale else "")
               + (f", {req.cfg_scale_low:g} below t = {req.cfg_low_t:g}" if req.cfg_low_t > 0 else "")
+              + (f", churn {req.churn:g}" if req.churn > 0 else "")
               + f", seed {req.seed}")
         generate(pipe, req, out, preview=args.preview or None, progress=True)
         print(f"wrote {out} in {time.time() - t0:.1f} s" + (f"; preview {args.preview}" if args.preview else ""))

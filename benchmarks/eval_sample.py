@@ -41,12 +41,12 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 def _generate_one(job: tuple) -> Path:
     (checkpoint, prompt, seconds, steps, cfg, cfg_later, low_t, cfg_low, window, anchor, context_noise, history, fff,
-     seed, out) = job
+     churn, seed, out) = job
     onoff = {"on": True, "off": False}
     req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg, cfg_scale_later=cfg_later,
                   cfg_low_t=low_t, cfg_scale_low=cfg_low,
                   window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
-                  history_guidance=history, first_frame_first=onoff.get(fff), seed=seed)
+                  history_guidance=history, first_frame_first=onoff.get(fff), churn=churn, seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
 
 
@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
     ap.add_argument("--history-guidance", type=float, default=-1.0, help="default: the checkpoint's")
     ap.add_argument("--first-frame-first", choices=["on", "off"], default="", help="default: the checkpoint's")
+    ap.add_argument("--churn", type=float, default=-1.0, help="stochastic sampling 0..1; default: the checkpoint's")
+    ap.add_argument("--objects", type=int, default=0,
+                    help="only prompts with this many objects (the first --num of them; each keeps its seed)")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
     ap.add_argument("--split", choices=["heldout", "train"], default="heldout",
                     help="held-out combinations (the measure) or training ones (is generalisation the gap?)")
@@ -87,7 +90,11 @@ def main() -> None:
     pipe = Pipeline.load(args.checkpoint)
     cfg = pipe.cfg
     fps, size = cfg.data.fps, cfg.data.size
-    examples = [make_example(args.seed, i, args.split) for i in range(args.num)]
+    index = range(args.num)
+    if args.objects:
+        index = [i for i in range(100 * args.num) if len(make_example(args.seed, i, args.split)[0].objects)
+                 == args.objects][: args.num]
+    examples = [make_example(args.seed, i, args.split) for i in index]
     prompts = [c for _, c in examples]
     seam = dict(chunk_frames=4 * cfg.model.chunk_frames, seam_offset=1 + 4 * (cfg.model.chunk_frames - 1), fps=fps)
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="videodit_eval_"))
@@ -97,9 +104,9 @@ def main() -> None:
 
     t0 = time.time()
     jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.cfg_low_t, args.cfg_low,
-             args.window, args.anchor, args.context_noise, args.history_guidance, args.first_frame_first, args.seed + i,
-             str(out_dir / f"{i:03d}.mp4"))
-            for i, p in enumerate(prompts)]
+             args.window, args.anchor, args.context_noise, args.history_guidance, args.first_frame_first, args.churn,
+             args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+            for i, p in zip(index, prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads
             import multiprocessing as mp

@@ -58,6 +58,18 @@ def test_same_seed_same_video_and_exact_frame_count(pipe):
     assert any((x != y).any() for x, y in zip(a, c))
 
 
+def test_stochastic_sampling_is_seeded(pipe):
+    """sample.churn: fresh noise at every step, drawn from the seed: the same seed gives the same latents, and
+    they differ from the deterministic sampler's."""
+    def run(churn, seed=3):
+        req = Request(prompts=["a red circle moving to the left"], at=[0.0], seconds=2.0, seed=seed, churn=churn)
+        return torch.cat(list(pipe.latent_chunks(req)), 2)
+
+    a = run(0.7)
+    assert torch.equal(a, run(0.7))
+    assert (a - run(0.0)).abs().max() > 1e-3 and (a - run(0.7, seed=4)).abs().max() > 1e-3
+
+
 def _no_cache_reference(pipe, req, keep):
     """Chunk-by-chunk sampling that runs the DiT over the kept clean past chunks (`keep(list) -> list`, laid out
     contiguously) plus the noisy chunk at every step: what the KV cache must reproduce."""
@@ -85,16 +97,16 @@ def _no_cache_reference(pipe, req, keep):
                 return vu + req.cfg_scale * (vc - vu)
 
             chunks.append(sample(velocity, torch.randn(1, 16, Tc, req.size // 8, req.size // 8, generator=g),
-                                 req.steps, shift=shift, method=req.sampler))
+                                 req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g))
     return torch.cat(chunks, 2)
 
 
-@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
-def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale):
+@pytest.mark.parametrize("cfg_scale, churn", [(1.0, 0.0), (2.0, 0.0), (2.0, 0.5)])
+def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale, churn):
     """With a window that holds every chunk, cached generation equals running the DiT over the whole clean past
-    plus the noisy chunk at every step."""
+    plus the noisy chunk at every step (stochastic sampling included: the same draws from the seed)."""
     req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=3.0, seed=1, cfg_scale=cfg_scale,
-                               window_chunks=100, negative_prompt="a red circle"))
+                               window_chunks=100, negative_prompt="a red circle", churn=churn))
     cached = torch.cat(list(pipe.latent_chunks(req)), dim=2)
     reference = _no_cache_reference(pipe, req, keep=lambda chunks: chunks)
     assert cached.shape == reference.shape
@@ -215,6 +227,8 @@ def test_prompt_changes_along_the_timeline(pipe):
     [
         (dict(seconds=0), "--seconds"),
         (dict(history_guidance=float("nan")), "--history-guidance"),
+        (dict(churn=1.5), "--churn"),
+        (dict(churn=float("nan")), "--churn"),
         (dict(seconds=10**6), "--seconds"),
         (dict(prompts=[" "]), "non-empty"),
         (dict(size=40), "--size"),
@@ -238,7 +252,7 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
 
     out, sheet = tmp_path / "v.mp4", tmp_path / "sheet.png"
     r = run_cli("--checkpoint", str(ckpt), "--prompt", "a red circle moving to the right", "--seconds", "2",
-                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2")
+                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2", "--churn", "0.5")
     assert r.returncode == 0, r.stderr
     with av.open(str(out)) as c:
         frames = [f for f in c.decode(video=0)]
@@ -255,6 +269,7 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
         (["--out", "/proc/nope/v.mp4"], "cannot"),
         (["--out", "video.avi"], ".mp4"),
         (["--cfg-low-t", "2"], "--cfg-low-t"),
+        (["--churn", "2"], "--churn"),
     ],
 )
 def test_cli_bad_input_exits_cleanly_without_partial_file(ckpt, tmp_path, args, needle):

@@ -134,11 +134,37 @@ def schedule(steps: int, shift: float) -> list[float]:
     return shift_t(ts, shift).tolist()
 
 
+def posterior_std(t: float, s: float) -> float:
+    """Standard deviation of x_s given x_t and x0 (s < t) on the path x_t = (1 - t) x0 + t eps: the forward step
+    s -> t scales x_s by r = (1 - t) / (1 - s) and adds variance t^2 - r^2 s^2; Bayes gives that times s^2 / t^2."""
+    r = (1 - t) / (1 - s)
+    return s * math.sqrt(max(0.0, t * t - r * r * s * s)) / t
+
+
 @torch.no_grad()
-def sample(velocity: VelocityFn, noise: Tensor, steps: int, shift: float = 1.0, method: str = "euler") -> Tensor:
-    """Integrate from pure noise (t = 1) to data (t = 0). method: 'euler' or 'heun' (2nd order)."""
+def sample(
+    velocity: VelocityFn,
+    noise: Tensor,
+    steps: int,
+    shift: float = 1.0,
+    method: str = "euler",
+    churn: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Integrate from pure noise (t = 1) to data (t = 0). method: 'euler' or 'heun' (2nd order).
+
+    churn (0..1) makes the sampler stochastic, as DDIM's eta (Song et al. 2021) does for diffusion: a step from
+    t to s lands on x_s = (1 - s) x0 + sqrt(s^2 - sigma^2) eps + sigma z, where (x0, eps) is the step's estimate
+    of the clean picture and its noise, z fresh Gaussian noise from `generator`, and sigma = churn x the standard
+    deviation of the exact posterior x_s | x_t, x0 of the straight path x_t = (1 - t) x0 + t eps. 0 is the
+    deterministic ODE (Euler or Heun); 1 is ancestral (DDPM-style) sampling. Fresh noise lets each step correct
+    part of the errors the earlier steps left, instead of carrying them to t = 0 (Karras et al. 2022 call it
+    "churn"). With an exact velocity, any churn lands every sample of a point mass on it.
+    """
     if method not in ("euler", "heun"):
         raise ValueError(f"unknown sampler '{method}'; choose 'euler' or 'heun'")
+    if not 0 <= churn <= 1:
+        raise ValueError(f"churn must be in [0, 1], got {churn}")
     ts = schedule(steps, shift)
     x = noise
     B = noise.shape[0]
@@ -148,7 +174,11 @@ def sample(velocity: VelocityFn, noise: Tensor, steps: int, shift: float = 1.0, 
         x_euler = x + (t_next - t_cur) * v
         if method == "heun" and t_next > 0:
             tn = torch.full((B,), t_next, dtype=noise.dtype, device=noise.device)
-            x = x + (t_next - t_cur) * 0.5 * (v + velocity(x_euler, tn))
-        else:
-            x = x_euler
+            v = 0.5 * (v + velocity(x_euler, tn))
+        x = x + (t_next - t_cur) * v
+        if churn > 0 and t_next > 0:
+            x0, eps = x - t_next * v, x + (1 - t_next) * v  # x = (1 - t_next) x0 + t_next eps
+            sigma = churn * posterior_std(t_cur, t_next)
+            fresh = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = (1 - t_next) * x0 + math.sqrt(t_next**2 - sigma**2) * eps + sigma * fresh
     return x

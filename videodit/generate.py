@@ -43,6 +43,7 @@ class Request:
     cfg_low_t: float = -1.0  # steps at t below this use cfg_scale_low; < 0 = the checkpoint's, 0 = off
     cfg_scale_low: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale_low
     sampler: str = ""
+    churn: float = -1.0  # < 0 = the checkpoint's sample.churn, 0 = the deterministic sampler
     window_chunks: int = -1
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
     context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
@@ -78,6 +79,7 @@ class Pipeline:
         r.cfg_low_t = s.cfg_low_t if r.cfg_low_t < 0 else r.cfg_low_t
         r.cfg_scale_low = s.cfg_scale_low if r.cfg_scale_low < 0 else r.cfg_scale_low
         r.sampler = r.sampler or s.sampler
+        r.churn = s.churn if r.churn < 0 else r.churn
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
         r.anchor = s.anchor if r.anchor is None else r.anchor
         r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
@@ -108,6 +110,8 @@ class Pipeline:
             raise GenerateError(f"--history-guidance must be >= 0 (0 = off), got {r.history_guidance:g}")
         if r.steps < 1:
             raise GenerateError("--steps must be >= 1")
+        if not 0 <= r.churn <= 1:
+            raise GenerateError(f"--churn must be in [0, 1] (0 = deterministic sampling), got {r.churn:g}")
         if r.sampler not in ("euler", "heun"):
             raise GenerateError(f"--sampler must be euler or heun, got '{r.sampler}'")
         return r
@@ -168,7 +172,7 @@ class Pipeline:
                 return out
 
             noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
-            z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler)  # (1, C, Tc, h, w)
+            z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g)
             if start == 0 and req.first_frame_first and Tc > 1:
                 z = self.resample_after_first(velocity, z, g, req, shift)
             tc = torch.full((nb,), req.context_noise, device=self.device)
@@ -190,7 +194,7 @@ class Pipeline:
             return velocity(torch.cat([first, x], 2), tt)[:, :, 1:]
 
         noise = torch.randn(z[:, :, 1:].shape, generator=g).to(z)
-        rest = sample(rest_velocity, noise, req.steps, shift=shift, method=req.sampler)
+        rest = sample(rest_velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g)
         return torch.cat([first, rest], 2)
 
     @torch.no_grad()

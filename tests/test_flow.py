@@ -37,8 +37,8 @@ def gaussian_velocity(std: float):
 
 def test_churn_keeps_the_distribution_and_redraws_noise():
     """Stochastic sampling is a sampler of the same distribution: with the exact field of N(0, 0.5^2) and 100
-    Euler steps it gives std 0.5 (within 0.03) at every churn; it draws from the generator (same seed, same samples) and churn 0 is
-    the deterministic ODE (the generator is not touched)."""
+    Euler steps it gives std 0.5 (within 0.03) at every churn; it draws from the generator (same seed, same
+    samples) and churn 0 is the deterministic ODE (the generator is not touched)."""
     noise = torch.randn(2, 5000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     v = gaussian_velocity(0.5)
     outs = {}

@@ -252,7 +252,8 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
 
     out, sheet = tmp_path / "v.mp4", tmp_path / "sheet.png"
     r = run_cli("--checkpoint", str(ckpt), "--prompt", "a red circle moving to the right", "--seconds", "2",
-                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2", "--churn", "0.5")
+                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2",
+                "--churn", "0.5")
     assert r.returncode == 0, r.stderr
     with av.open(str(out)) as c:
         frames = [f for f in c.decode(video=0)]

@@ -212,6 +212,17 @@ def _track(det: dict, query: Query, excluded: set[int], t: int) -> dict[str, np.
     return tr
 
 
+def track_objects(frames: np.ndarray, prompt: str) -> list[tuple[Query, dict[str, np.ndarray]]]:
+    """Each object the prompt names, with its tracked object in every frame of uint8 (T, H, W, 3) `frames`:
+    per frame `found` (its colour is there), `present` (something is tracked), `colour_id`, `cx`, `cy`,
+    `shape` (an index into SHAPES) and `large` (see the module docstring)."""
+    queries = parse_objects(prompt)
+    det = detect(frames)
+    named = {_COLOUR_NAMES.index(q.colour) for q in queries if q.colour in COLOURS}
+    own = [{_COLOUR_NAMES.index(q.colour)} if q.colour else set() for q in queries]
+    return [(q, _track(det, q, named - mine, len(frames))) for q, mine in zip(queries, own)]
+
+
 # ----------------------------------------------------------------------------------------------------
 # metrics
 
@@ -291,16 +302,13 @@ def evaluate_video(
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
         raise DataError(f"a video to evaluate needs at least 2 RGB frames (T, H, W, 3), got {frames.shape}")
     t, h, w, _ = frames.shape
-    queries = parse_objects(prompt)
-    det = detect(frames)
+    tracks = track_objects(frames, prompt)
     min_step = 0.25 * SPEED_RANGE[0] * min(h, w) / fps  # pixels per frame
     k = min(t - 1, max(1, round(fps * NO_BOUNCE_SECONDS)))
     n_win = min(t, max(2, math.ceil(WINDOW * t), round(fps)))  # at least one second
-    named = {_COLOUR_NAMES.index(q.colour) for q in queries if q.colour in COLOURS}
     per_obj = []
     moving = False
-    for q in queries:
-        tr = _track(det, q, named - ({_COLOUR_NAMES.index(q.colour)} if q.colour else set()), t)
+    for q, tr in tracks:
         present = tr["present"]
         shape_votes = np.bincount(tr["shape"][present], minlength=3) if present.any() else np.zeros(3)
         size_votes = np.bincount(tr["large"][present].astype(int), minlength=2) if present.any() else None
@@ -328,7 +336,7 @@ def evaluate_video(
                 measured_direction=measured,
             )
         )
-    out = dict(prompt=prompt, frames=t, objects=len(queries))
+    out = dict(prompt=prompt, frames=t, objects=len(tracks))
     for key in ("colour", "shape", "size", "direction", "axis", "persistence"):
         out[key] = _mean(o[key] for o in per_obj)
     out["first"] = {m: _mean(o["first"][m] for o in per_obj) for m in per_obj[0]["first"]}

@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from videodit.data import evaluate as E  # noqa: E402
-from videodit.data.shapes import SHAPES, parse_objects  # noqa: E402
+from videodit.data.shapes import SHAPES  # noqa: E402
 from videodit.data.video_io import read_video  # noqa: E402
 
 folder = Path(sys.argv[1])
@@ -26,15 +26,12 @@ total = np.zeros(4, int)  # frames, ok, colour missing, wrong shape
 groups: dict[tuple, np.ndarray] = {}
 for i, v in enumerate(report["per_video"]):
     frames = E.to_uint8(read_video(folder / f"{i:03d}.mp4"))
-    det = E.detect(frames)
-    queries = parse_objects(v["prompt"])
-    named = {E._COLOUR_NAMES.index(q.colour) for q in queries}
-    for q in queries:
-        tr = E._track(det, q, named - {E._COLOUR_NAMES.index(q.colour)}, len(frames))
+    tracks = E.track_objects(frames, v["prompt"])
+    for q, tr in tracks:
         shape_ok, found = tr["shape"] == SHAPES.index(q.shape), tr["found"]
         row = np.array([len(frames), (found & shape_ok).sum(), (~found).sum(), (found & ~shape_ok).sum()])
         total += row
-        key = (q.size or "-", q.shape, len(queries))
+        key = (q.size or "-", q.shape, len(tracks))
         groups[key] = groups.get(key, 0) + row
         if row[3] > 0.1 * row[0]:
             read = np.bincount(tr["shape"][found & ~shape_ok], minlength=3)

@@ -4,7 +4,7 @@
 
 Per folder: the share of object-frames where the prompted object is absent (colour not found) or found with the
 wrong shape, the lengths of the runs of failing frames (1 = a single-frame flicker), and the confusion of
-prompted vs detected shape by stated size. Uses the evaluator's own detector and tracker.
+prompted vs detected shape by stated size. Uses the evaluator's own tracker (`track_objects`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from videodit.data.evaluate import _COLOUR_NAMES, _track, detect
-from videodit.data.shapes import SHAPES, parse_objects
+from videodit.data.evaluate import track_objects
+from videodit.data.shapes import SHAPES
 from videodit.data.video_io import read_video
 
 
@@ -34,12 +34,7 @@ def main(folders: list[str]) -> None:
         runs: list[int] = []
         confusion: Counter = Counter()
         for path, v in zip(videos, per_video):
-            frames = read_video(path)
-            det = detect(frames)
-            queries = parse_objects(v["prompt"])
-            named = {_COLOUR_NAMES.index(q.colour) for q in queries}
-            for q in queries:
-                tr = _track(det, q, named - {_COLOUR_NAMES.index(q.colour)}, len(frames))
+            for q, tr in track_objects(read_video(path), v["prompt"]):
                 ok = tr["found"] & (tr["shape"] == SHAPES.index(q.shape))
                 total += len(ok)
                 absent += int((~tr["found"]).sum())

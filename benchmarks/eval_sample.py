@@ -90,11 +90,9 @@ def main() -> None:
     pipe = Pipeline.load(args.checkpoint)
     cfg = pipe.cfg
     fps, size = cfg.data.fps, cfg.data.size
-    index = range(args.num)
-    if args.objects:
-        index = [i for i in range(100 * args.num) if len(make_example(args.seed, i, args.split)[0].objects)
-                 == args.objects][: args.num]
-    examples = [make_example(args.seed, i, args.split) for i in index]
+    pool = [(i, make_example(args.seed, i, args.split)) for i in range(100 * args.num if args.objects else args.num)]
+    pool = [(i, ex) for i, ex in pool if not args.objects or len(ex[0].objects) == args.objects][: args.num]
+    index, examples = [i for i, _ in pool], [ex for _, ex in pool]
     prompts = [c for _, c in examples]
     seam = dict(chunk_frames=4 * cfg.model.chunk_frames, seam_offset=1 + 4 * (cfg.model.chunk_frames - 1), fps=fps)
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="videodit_eval_"))

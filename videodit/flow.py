@@ -171,10 +171,9 @@ def sample(
     for t_cur, t_next in zip(ts[:-1], ts[1:]):
         tc = torch.full((B,), t_cur, dtype=noise.dtype, device=noise.device)
         v = velocity(x, tc)
-        x_euler = x + (t_next - t_cur) * v
-        if method == "heun" and t_next > 0:
+        if method == "heun" and t_next > 0:  # average with the slope at the Euler step's end
             tn = torch.full((B,), t_next, dtype=noise.dtype, device=noise.device)
-            v = 0.5 * (v + velocity(x_euler, tn))
+            v = 0.5 * (v + velocity(x + (t_next - t_cur) * v, tn))
         x = x + (t_next - t_cur) * v
         if churn > 0 and t_next > 0:
             x0, eps = x - t_next * v, x + (1 - t_next) * v  # x = (1 - t_next) x0 + t_next eps

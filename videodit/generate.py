@@ -125,9 +125,9 @@ class Pipeline:
     def encode_prompts(self, req: Request) -> list[tuple[Tensor, Tensor]]:
         """Per prompt: (emb, mask) batched as [prompt, negative] (or [prompt] without guidance)."""
         out = []
+        guided = any(s != 1.0 for s in (req.cfg_scale, req.cfg_scale_later)) or (
+            req.cfg_low_t > 0 and req.cfg_scale_low != 1.0)
         for p in req.prompts:
-            guided = any(s != 1.0 for s in (req.cfg_scale, req.cfg_scale_later)) or (
-                req.cfg_low_t > 0 and req.cfg_scale_low != 1.0)
             texts = [p, req.negative_prompt] if guided else [p]
             emb, mask = self.text_encoder(texts)
             out.append((emb.to(self.device), mask.to(self.device)))

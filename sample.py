@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="guidance scale of the steps below --cfg-low-t; default: the checkpoint's")
     p.add_argument("--sampler", choices=["euler", "heun"], default="")
     p.add_argument("--churn", type=float, default=-1.0,
-                   help="share of fresh noise each sampling step takes in, 0..1 (0 = deterministic); "
-                        "default: the checkpoint's")
+                   help="stochastic sampling, 0..1: fresh noise per step as this fraction of the exact "
+                        "posterior's std (0 = deterministic, 1 = ancestral); default: the checkpoint's")
     p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
     p.add_argument("--anchor", choices=["on", "off"], default="",
                    help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")

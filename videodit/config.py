@@ -210,8 +210,9 @@ class SampleConfig:
     cfg_low_t: float = 0.0
     cfg_scale_low: float = 1.0
     sampler: str = "euler"  # "euler" or "heun"
-    # stochastic sampling (flow.sample): the share of fresh noise each step takes in (0 = the deterministic ODE,
-    # 1 = all of it). Re-drawn noise corrects part of each step's error instead of carrying it to t = 0
+    # stochastic sampling (flow.sample): each step draws fresh noise with this fraction of the exact posterior's
+    # standard deviation (0 = the deterministic ODE, 1 = ancestral sampling). Re-drawn noise corrects part of each
+    # step's error instead of carrying it to t = 0
     churn: float = 0.0
     window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
     # keep the first chunk in the cache for the whole video (identity), laid out just before the window; off: a

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--churn", type=float, default=-1.0,
                    help="stochastic sampling, 0..1: fresh noise per step as this fraction of the exact "
                         "posterior's std (0 = deterministic, 1 = ancestral); default: the checkpoint's")
+    p.add_argument("--best-of", type=int, default=0,
+                   help="sample each chunk this many times and keep the one the model finds most like the prompt "
+                        "(time grows about as much; 1 = off); default: the checkpoint's")
     p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
     p.add_argument("--anchor", choices=["on", "off"], default="",
                    help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg,
                       cfg_scale_later=args.cfg_later, cfg_low_t=args.cfg_low_t, cfg_scale_low=args.cfg_low,
-                      sampler=args.sampler, churn=args.churn,
+                      sampler=args.sampler, churn=args.churn, best_of=args.best_of,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
                       first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f" (later chunks {req.cfg_scale_later:g})" if req.cfg_scale_later != req.cfg_scale else "")
               + (f", {req.cfg_scale_low:g} below t = {req.cfg_low_t:g}" if req.cfg_low_t > 0 else "")
               + (f", churn {req.churn:g}" if req.churn > 0 else "")
+              + (f", best of {req.best_of} per chunk" if req.best_of > 1 else "")
               + f", seed {req.seed}")
         generate(pipe, req, out, preview=args.preview or None, progress=True)
         print(f"wrote {out} in {time.time() - t0:.1f} s" + (f"; preview {args.preview}" if args.preview else ""))

@@ -214,6 +214,12 @@ class SampleConfig:
     # standard deviation (0 = the deterministic ODE, 1 = ancestral sampling). Re-drawn noise corrects part of each
     # step's error instead of carrying it to t = 0
     churn: float = 0.0
+    # make this many candidates of every chunk and keep the one the model itself finds most text-like: the
+    # denoising error without the prompt (the negative prompt) minus that with it, at the noise levels select_t
+    # and the same noises for every candidate (the model as a diffusion classifier, Li et al. 2023, "Your
+    # Diffusion Model is Secretly a Zero-Shot Classifier"). 1 = off; time grows about best_of-fold
+    best_of: int = 1
+    select_t: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
     # keep the first chunk in the cache for the whole video (identity), laid out just before the window; off: a
     # plain rolling window of window_chunks, always contiguous in time as in training

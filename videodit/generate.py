@@ -44,6 +44,7 @@ class Request:
     cfg_scale_low: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale_low
     sampler: str = ""
     churn: float = -1.0  # < 0 = the checkpoint's sample.churn, 0 = the deterministic sampler
+    best_of: int = 0  # candidates per chunk; 0 = the checkpoint's sample.best_of, 1 = no selection
     window_chunks: int = -1
     anchor: bool | None = None  # None = the checkpoint's sample.anchor
     context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
@@ -80,6 +81,7 @@ class Pipeline:
         r.cfg_scale_low = s.cfg_scale_low if r.cfg_scale_low < 0 else r.cfg_scale_low
         r.sampler = r.sampler or s.sampler
         r.churn = s.churn if r.churn < 0 else r.churn
+        r.best_of = r.best_of or s.best_of
         r.window_chunks = s.window_chunks if r.window_chunks < 0 else r.window_chunks
         r.anchor = s.anchor if r.anchor is None else r.anchor
         r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
@@ -112,6 +114,8 @@ class Pipeline:
             raise GenerateError("--steps must be >= 1")
         if not 0 <= r.churn <= 1:
             raise GenerateError(f"--churn must be in [0, 1] (0 = deterministic sampling), got {r.churn:g}")
+        if not 1 <= r.best_of <= 64:
+            raise GenerateError(f"--best-of must be between 1 and 64 (1 = no selection), got {r.best_of}")
         if r.sampler not in ("euler", "heun"):
             raise GenerateError(f"--sampler must be euler or heun, got '{r.sampler}'")
         return r
@@ -171,10 +175,17 @@ class Pipeline:
                     out = out + req.history_guidance * (vc - v_alone)
                 return out
 
-            noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
-            z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g)
-            if start == 0 and req.first_frame_first and Tc > 1:
-                z = self.resample_after_first(velocity, z, g, req, shift)
+            candidates = []
+            for _ in range(req.best_of):
+                noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
+                z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g)
+                if start == 0 and req.first_frame_first and Tc > 1:
+                    z = self.resample_after_first(velocity, z, g, req, shift)
+                candidates.append(z)
+            if len(candidates) > 1:
+                noises = [torch.randn(z.shape, generator=g).to(z) for _ in cfg.sample.select_t]
+                scores = [self.text_evidence(c, noises, emb, mask, context, start) for c in candidates]
+                z = candidates[max(range(len(scores)), key=scores.__getitem__)]
             tc = torch.full((nb,), req.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if req.context_noise > 0 else z
             _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context, start)
@@ -183,6 +194,21 @@ class Pipeline:
             else:
                 recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []
             yield z / cfg.flow.latent_scale + cfg.flow.latent_shift
+
+    def text_evidence(self, z: Tensor, noises: list[Tensor], emb: Tensor, mask: Tensor, context: list[ChunkKV],
+                      start: int) -> float:
+        """How much better the model denoises the chunk z (1, C, Tc, h, w) with the prompt than with the negative
+        prompt: the summed squared-error difference at the noise levels sample.select_t with the given noises
+        (without guidance, minus the error with the prompt). Higher = more like the prompt."""
+        nb = emb.shape[0]
+        score = 0.0
+        for t, eps in zip(self.cfg.sample.select_t, noises):
+            tb = torch.full((nb,), t, device=z.device)
+            v, _ = self.dit.forward_chunk(interpolate(z, eps, tb[:1]).repeat(nb, 1, 1, 1, 1), tb, emb, mask, context,
+                                          start)
+            err = (v.float() - (eps - z).float()).pow(2).flatten(1).mean(1)  # (nb,)
+            score += float(err[1] - err[0]) if nb == 2 else -float(err[0])
+        return score
 
     def resample_after_first(self, velocity, z: Tensor, g: torch.Generator, req: Request, shift: float) -> Tensor:
         """Keep the first latent frame of the first chunk z (1, C, Tc, h, w) and sample its other frames again

@@ -7,7 +7,7 @@ from videodit.checkpoint import load_dit, save_module, write_config
 from videodit.config import Config, ConfigError, DiTConfig, validate
 from videodit.dit import DiT
 from videodit.patchify import patchify
-from videodit.repatch import main, repatch_state
+from videodit.repatch import grow_sources, grow_state, main, repatch_state
 
 
 def trained_like(patch=(1, 2, 2)):
@@ -80,3 +80,71 @@ def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert main(missing) == 2
     assert "not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("depth, new_depth", [(2, 3), (2, 5)])
+def test_grown_dit_computes_what_the_old_one_did(depth, new_depth):
+    """New blocks start as the identity: whole-clip and chunk-by-chunk outputs (and the cache) are unchanged."""
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(hidden=64, depth=depth, heads=4, text_dim=32, chunk_frames=2, patch=(1, 2, 2)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    old, cfg = model.eval(), Config(model=model.cfg)
+    state, new_cfg = grow_state(old.state_dict(), cfg, new_depth)
+    new = DiT(new_cfg.model).eval()
+    new.load_state_dict(state, strict=True)
+    assert new_cfg.model.depth == new_depth and len(new.blocks) == new_depth
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.rand(2, 4)
+    text, mask = torch.randn(2, 5, 32), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x, t, text, mask), old(x, t, text, mask), atol=1e-6, rtol=1e-6)
+        _, kv_old = old.forward_chunk(x[:, :, :2], t[:, :2], text, mask, context=[])
+        _, kv_new = new.forward_chunk(x[:, :, :2], t[:, :2], text, mask, context=[])
+        v_old, _ = old.forward_chunk(x[:, :, 2:], t[:, 2:], text, mask, context=[kv_old])
+        v_new, _ = new.forward_chunk(x[:, :, 2:], t[:, 2:], text, mask, context=[kv_new])
+    torch.testing.assert_close(v_new, v_old, atol=1e-6, rtol=1e-6)
+    # the new blocks are not dead weight: their residual outputs get gradients
+    new.train()
+    new(x, t, text, mask).square().mean().backward()
+    added = [i for i, j in enumerate(grow_sources(depth, new_depth)) if j is None]
+    assert len(added) == new_depth - depth
+    for i in added:
+        assert new.blocks[i].mlp[2].weight.grad.abs().sum() > 0
+        assert new.blocks[i].attn_t.proj.weight.grad.abs().sum() > 0
+
+
+def test_grow_layout_spreads_the_new_blocks():
+    assert grow_sources(4, 6) == [0, 1, None, 2, 3, None]
+    assert grow_sources(4, 8) == [0, None, 1, None, 2, None, 3, None]
+    assert grow_sources(1, 3) == [0, None, None]
+
+
+def test_grow_must_add_blocks():
+    old, cfg = trained_like()
+    with pytest.raises(ConfigError, match="--depth 2"):
+        grow_state(old.state_dict(), cfg, 2)
+
+
+def test_cli_grows_and_repatches(tmp_path, capsys):
+    old, cfg = trained_like()
+    src = tmp_path / "src"
+    save_module(old, src / "dit.safetensors")
+    write_config(cfg, src)
+    assert main(["--checkpoint", str(src), "--depth", "3", "--out", str(tmp_path / "d3")]) == 0
+    assert "grew 2 -> 3 blocks" in capsys.readouterr().out
+    grown = load_dit(tmp_path / "d3").eval()
+    x, t = torch.randn(1, 16, 4, 8, 8), torch.full((1,), 0.5)
+    text, mask = torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, text, mask), old(x, t, text, mask), atol=1e-6, rtol=1e-6)
+    both = ["--checkpoint", str(src), "--depth", "4", "--patch", "1", "1", "1", "--out", str(tmp_path / "both")]
+    assert main(both) == 0
+    new = load_dit(tmp_path / "both")
+    assert new.cfg.depth == 4 and new.cfg.patch == (1, 1, 1)
+    assert main(["--checkpoint", str(src), "--depth", "1", "--out", str(tmp_path / "shallow")]) == 2
+    assert "must be more than" in capsys.readouterr().err
+    assert not (tmp_path / "shallow").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", str(src), "--out", str(tmp_path / "none")])
+    assert e.value.code == 2

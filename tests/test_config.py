@@ -31,6 +31,8 @@ def test_round_trip(tmp_path):
         (["--model.preset", "huge"], "model.preset"),
         (["--data.frames", "16"], "data.frames"),
         (["--model.text_refiner", "-1"], "model.text_refiner"),
+        (["--sample.select_t", "[0.5, 1.5]"], "sample.select_t"),
+        (["--sample.select_t", "[]"], "sample.select_t"),
         (["depth=4"], "--section.key"),
     ],
 )

@@ -452,6 +452,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"
         )
+    if not cfg.sample.select_t or not all(0.0 < v <= 1.0 for v in cfg.sample.select_t):
+        raise ConfigError(f"sample.select_t: noise levels in (0, 1] to score --best-of candidates at, "
+                          f"got {list(cfg.sample.select_t)}")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
     if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:

@@ -30,14 +30,15 @@ def main(shards: str, checkpoints: list[str], batch: int = 32) -> None:
     sums = {c: dict(plain=0.0, detail=0.0, **{f"t{lo:.2f}-{hi:.2f}": [0.0, 0] for lo, hi in BINS}) for c in checkpoints}
     n = 0
     torch.set_num_threads(2)
+    f = cfg0.flow
+    flow = replace(f, clean_context_prob=0.0, clean_first_frame_prob=0.0)
+    pt, ph, pw = cfg0.model.patch
     for start in range(0, len(data), batch):
         items = collate([data[i] for i in range(start, min(start + batch, len(data)))])
-        f = cfg0.flow
         x0 = (items["latents"] - f.latent_shift) * f.latent_scale
         B, C, T, H, W = x0.shape
         g = torch.Generator().manual_seed(start)
-        flow = replace(f, clean_context_prob=0.0, clean_first_frame_prob=0.0)
-        tokens = T * (H // 2) * (W // 2)
+        tokens = (T // pt) * (H // ph) * (W // pw)  # as train.py, so a re-patched DiT gets its own timestep shift
         t = sample_t(B, T, cfg0.model.chunk_frames, tokens, flow, g)
         noise = torch.randn(x0.shape, generator=g)
         xt = interpolate(x0, noise, t)

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="steps at noise level t below this use --cfg-low instead (0 = off); default: checkpoint's")
     p.add_argument("--cfg-low", type=float, default=-1.0,
                    help="guidance scale of the steps below --cfg-low-t; default: the checkpoint's")
+    p.add_argument("--expert-t", type=float, default=-1.0,
+                   help="steps at noise level t below this use the checkpoint's low-noise expert (0 = off); "
+                        "default: the checkpoint's")
     p.add_argument("--sampler", choices=["euler", "heun"], default="")
     p.add_argument("--churn", type=float, default=-1.0,
                    help="stochastic sampling, 0..1: fresh noise per step as this fraction of the exact "
@@ -95,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
                       fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg,
                       cfg_scale_later=args.cfg_later, cfg_low_t=args.cfg_low_t, cfg_scale_low=args.cfg_low,
-                      sampler=args.sampler, churn=args.churn, best_of=args.best_of,
+                      expert_t=args.expert_t, sampler=args.sampler, churn=args.churn, best_of=args.best_of,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
                       first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}"
               + (f" (later chunks {req.cfg_scale_later:g})" if req.cfg_scale_later != req.cfg_scale else "")
               + (f", {req.cfg_scale_low:g} below t = {req.cfg_low_t:g}" if req.cfg_low_t > 0 else "")
+              + (f", low-noise expert below t = {req.expert_t:g}" if req.expert_t > 0 else "")
               + (f", churn {req.churn:g}" if req.churn > 0 else "")
               + (f", best of {req.best_of} per chunk" if req.best_of > 1 else "")
               + f", seed {req.seed}")

@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -662,7 +662,9 @@ class Trainer:
             missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
             assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
             self.task.export(module, folder)
-            write_config(self.cfg, folder)
+            # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
+            cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
+            write_config(cfg, folder)
         self.barrier()
         return folder
 

@@ -33,6 +33,8 @@ def test_round_trip(tmp_path):
         (["--model.text_refiner", "-1"], "model.text_refiner"),
         (["--sample.select_t", "[0.5, 1.5]"], "sample.select_t"),
         (["--sample.select_t", "[]"], "sample.select_t"),
+        (["--sample.expert_t", "1.5"], "sample.expert_t"),
+        (["--flow.t_max", "0"], "flow.t_max"),
         (["depth=4"], "--section.key"),
     ],
 )

@@ -190,3 +190,24 @@ def test_anchor_gap_cuts_clips_as_chunked_sampling_lays_out_its_cache():
         load_config(None, {"flow.anchor_gap_prob": 1.5})
     with pytest.raises(ConfigError, match="per_chunk_t"):
         load_config(None, {"flow.anchor_gap_prob": 0.5, "flow.per_chunk_t": False})
+
+
+@pytest.mark.parametrize("uniform", [0.0, 0.3])
+def test_t_max_draws_the_same_distribution_conditioned_below_it(uniform):
+    """flow.t_max (a low-noise expert's training): every t <= t_max, distributed as the full draws that fall
+    below t_max (compared by quantiles with rejection sampling); t_max 1 leaves the draws unchanged."""
+    from videodit.config import ConfigError, load_config
+
+    cfg = FlowConfig(shift=3.0, uniform_t_prob=uniform, clean_context_prob=0.0)
+    full = sample_t(400000, 1, 1, 16, cfg, torch.Generator().manual_seed(0)).flatten()
+    kept = full[full <= 0.6]
+    low = sample_t(100000, 1, 1, 16, FlowConfig(shift=3.0, uniform_t_prob=uniform, clean_context_prob=0.0,
+                                                t_max=0.6), torch.Generator().manual_seed(1)).flatten()
+    assert low.max() <= 0.6 and low.min() > 0
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    torch.testing.assert_close(torch.quantile(low, q), torch.quantile(kept[:100000], q), atol=0.01, rtol=0)
+    same = sample_t(1000, 9, 2, 16, FlowConfig(t_max=1.0), torch.Generator().manual_seed(2))
+    assert torch.equal(same, sample_t(1000, 9, 2, 16, FlowConfig(), torch.Generator().manual_seed(2)))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="flow.t_max"):
+            load_config(None, {"flow.t_max": bad})

@@ -2,6 +2,7 @@
 
     CKPT/config.yaml          the full resolved Config (videodit.config)
     CKPT/dit.safetensors      DiT weights (EMA weights when exported from training)
+    CKPT/dit_low.safetensors  optional: a low-noise expert DiT of the same shape (sample.expert_t)
     CKPT/vae.safetensors      VAE weights
     CKPT/text_encoder/        the T5 encoder (save_pretrained: config.json + model.safetensors)
 
@@ -125,8 +126,9 @@ def load_vae(folder: str | Path, cfg: Config | None = None):
     return load_into(VideoVAE(cfg.vae), Path(folder) / "vae.safetensors").eval()
 
 
-def load_dit(folder: str | Path, cfg: Config | None = None):
+def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.safetensors"):
+    """The DiT of a checkpoint folder; name "dit_low.safetensors" is its low-noise expert (sample.expert_t)."""
     from videodit.dit import DiT
 
     cfg = cfg or read_config(folder)
-    return load_into(DiT(cfg.model), Path(folder) / "dit.safetensors").eval()
+    return load_into(DiT(cfg.model), Path(folder) / name).eval()

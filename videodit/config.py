@@ -127,6 +127,9 @@ class FlowConfig:
     # nothing but the text sets the background, colours and layout (x_t still hides them); a uniform share
     # of 0.3 trains t > 0.97 in 3.2% of draws (8.5% of the uniform ones)
     uniform_t_prob: float = 0.0
+    # < 1: train only on noise levels t <= t_max (the same distribution, conditioned on t <= t_max): a low-noise
+    # expert that takes over the last sampling steps (sample.expert_t), where small shapes are finished
+    t_max: float = 1.0
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
     clean_context_prob: float = 0.5  # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0),
     # the context the model sees when sampling chunk by chunk
@@ -209,6 +212,10 @@ class SampleConfig:
     # nearly clean steps it over-sharpens small objects into the wrong shape. 0 = off (one scale all the way)
     cfg_low_t: float = 0.0
     cfg_scale_low: float = 1.0
+    # a low-noise expert (eDiff-I, Balaji et al. 2022; Wan 2.2's two experts): the steps at noise levels t below
+    # expert_t use a second DiT of the same shape (dit_low.safetensors in the checkpoint, trained with
+    # flow.t_max), so the last steps, where small shapes are finished, get a whole network. 0 = off
+    expert_t: float = 0.0
     sampler: str = "euler"  # "euler" or "heun"
     # stochastic sampling (flow.sample): each step draws fresh noise with this fraction of the exact posterior's
     # standard deviation (0 = the deterministic ODE, 1 = ancestral sampling). Re-drawn noise corrects part of each
@@ -440,6 +447,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"text.tiny_tokenizer must be 'byte' or 'words', got '{cfg.text.tiny_tokenizer}'")
     if not 0.0 <= cfg.flow.uniform_t_prob <= 1.0:
         raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
+    if not 0.0 < cfg.flow.t_max <= 1.0:
+        raise ConfigError(f"flow.t_max (the highest noise level trained) must be in (0, 1], got {cfg.flow.t_max}")
     if not cfg.flow.detail_weight >= 0:
         raise ConfigError(f"flow.detail_weight must be >= 0 (0 = plain MSE), got {cfg.flow.detail_weight}")
     if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
@@ -452,6 +461,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"
         )
+    if not 0.0 <= cfg.sample.expert_t <= 1.0:
+        raise ConfigError(f"sample.expert_t must be in [0, 1] (0 = no low-noise expert), got {cfg.sample.expert_t}")
     if not cfg.sample.select_t or not all(0.0 < v <= 1.0 for v in cfg.sample.select_t):
         raise ConfigError(f"sample.select_t: noise levels in (0, 1] to score --best-of candidates at, "
                           f"got {list(cfg.sample.select_t)}")

@@ -36,11 +36,25 @@ def sample_t(
 ) -> Tensor:
     """Training timesteps (B, frames): one per sample, or one per causal chunk when cfg.per_chunk_t."""
     n = math.ceil(frames / chunk_frames) if cfg.per_chunk_t else 1
-    u = torch.sigmoid(torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean)
-    if cfg.uniform_t_prob > 0:  # a share of uniform draws covers the ends of [0, 1] that logit-normal starves
-        uniform = torch.rand(batch, n, generator=generator) < cfg.uniform_t_prob
-        u = torch.where(uniform, torch.rand(batch, n, generator=generator), u)
-    t = shift_t(u, timestep_shift(tokens, cfg))  # (B, n)
+    shift = timestep_shift(tokens, cfg)
+    uniform_prob = cfg.uniform_t_prob
+    if cfg.t_max >= 1.0:
+        u = torch.sigmoid(torch.randn(batch, n, generator=generator) * cfg.logit_std + cfg.logit_mean)
+        u_max = 1.0
+    else:  # the same distribution conditioned on t <= t_max: each part truncated, mixed by its share below t_max
+        u_max = cfg.t_max / (shift - (shift - 1) * cfg.t_max)  # shift_t(u_max) = t_max
+        z_max = (math.log(u_max / (1 - u_max)) - cfg.logit_mean) / cfg.logit_std
+        below = float(torch.special.ndtr(torch.tensor(z_max, dtype=torch.float64)))  # P(logit-normal u <= u_max)
+        p = torch.rand(batch, n, generator=generator, dtype=torch.float64) * below
+        u = torch.sigmoid(torch.special.ndtri(p) * cfg.logit_std + cfg.logit_mean).float()
+        q = cfg.uniform_t_prob
+        uniform_prob = q * u_max / (q * u_max + (1 - q) * below) if q > 0 else 0.0
+    if uniform_prob > 0:  # a share of uniform draws covers the ends of [0, 1] that logit-normal starves
+        uniform = torch.rand(batch, n, generator=generator) < uniform_prob
+        u = torch.where(uniform, torch.rand(batch, n, generator=generator) * u_max, u)
+    t = shift_t(u, shift)  # (B, n)
+    if cfg.t_max < 1.0:
+        t = t.clamp_max(cfg.t_max)  # float rounding of the inverse shift
     if cfg.per_chunk_t and n > 1:
         # teacher forcing: a clean prefix of 1 .. n-1 chunks, as when continuing a video from its past
         clean = torch.rand(batch, generator=generator) < cfg.clean_context_prob

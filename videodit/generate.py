@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from videodit.checkpoint import load_dit, load_text_encoder, load_vae, read_config
+from videodit.checkpoint import CheckpointError, load_dit, load_text_encoder, load_vae, read_config
 from videodit.config import Config
 from videodit.dit import ChunkKV
 from videodit.flow import interpolate, sample, timestep_shift
@@ -42,6 +42,7 @@ class Request:
     cfg_scale_later: float = -1.0  # chunks after the first; < 0 = the checkpoint's sample.cfg_scale_later
     cfg_low_t: float = -1.0  # steps at t below this use cfg_scale_low; < 0 = the checkpoint's, 0 = off
     cfg_scale_low: float = -1.0  # < 0 = the checkpoint's sample.cfg_scale_low
+    expert_t: float = -1.0  # steps at t below this use the low-noise expert; < 0 = the checkpoint's, 0 = off
     sampler: str = ""
     churn: float = -1.0  # < 0 = the checkpoint's sample.churn, 0 = the deterministic sampler
     best_of: int = 0  # candidates per chunk; 0 = the checkpoint's sample.best_of, 1 = no selection
@@ -54,9 +55,10 @@ class Request:
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device):
+    def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device, dit_low=None):
         self.cfg = cfg
         self.dit = dit.to(device).eval()
+        self.dit_low = dit_low.to(device).eval() if dit_low is not None else None  # the low-noise expert
         self.vae = vae.to(device).eval()
         self.text_encoder = text_encoder.to(device).eval()
         self.device = device
@@ -65,7 +67,13 @@ class Pipeline:
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Pipeline:
         cfg = read_config(folder)
         dit, vae, text_encoder = load_dit(folder, cfg), load_vae(folder, cfg), load_text_encoder(folder, cfg)
-        return cls(cfg, dit, vae, text_encoder, torch.device(device))
+        low = Path(folder) / "dit_low.safetensors"
+        if cfg.sample.expert_t > 0 and not low.is_file():
+            raise CheckpointError(f"'{folder}/config.yaml' sets sample.expert_t {cfg.sample.expert_t:g} but the "
+                                  f"folder has no dit_low.safetensors (the low-noise expert); attach one with "
+                                  f"`python -m videodit.expert` or set sample.expert_t: 0")
+        dit_low = load_dit(folder, cfg, "dit_low.safetensors") if low.is_file() else None
+        return cls(cfg, dit, vae, text_encoder, torch.device(device), dit_low)
 
     # ---- request checks
     def resolve(self, req: Request) -> Request:
@@ -79,6 +87,7 @@ class Pipeline:
         r.cfg_scale_later = r.cfg_scale if r.cfg_scale_later < 0 else r.cfg_scale_later
         r.cfg_low_t = s.cfg_low_t if r.cfg_low_t < 0 else r.cfg_low_t
         r.cfg_scale_low = s.cfg_scale_low if r.cfg_scale_low < 0 else r.cfg_scale_low
+        r.expert_t = s.expert_t if r.expert_t < 0 else r.expert_t
         r.sampler = r.sampler or s.sampler
         r.churn = s.churn if r.churn < 0 else r.churn
         r.best_of = r.best_of or s.best_of
@@ -108,6 +117,11 @@ class Pipeline:
         if not (0 <= r.cfg_low_t <= 1 and r.cfg_scale_low >= 0):
             raise GenerateError(f"--cfg-low-t must be in [0, 1] (0 = off) and --cfg-low >= 0, got {r.cfg_low_t:g} "
                                 f"and {r.cfg_scale_low:g}")
+        if not 0 <= r.expert_t <= 1:
+            raise GenerateError(f"--expert-t must be in [0, 1] (0 = no low-noise expert), got {r.expert_t:g}")
+        if r.expert_t > 0 and self.dit_low is None:
+            raise GenerateError("--expert-t needs a checkpoint with a low-noise expert (dit_low.safetensors); "
+                                "use --expert-t 0 or attach one with `python -m videodit.expert`")
         if not r.history_guidance >= 0:
             raise GenerateError(f"--history-guidance must be >= 0 (0 = off), got {r.history_guidance:g}")
         if r.steps < 1:
@@ -152,26 +166,30 @@ class Pipeline:
         lat_train = 1 + (cfg.data.frames - 1) // 4
         tokens = lat_train * (cfg.data.size // 8 // cfg.model.patch[1]) * (cfg.data.size // 8 // cfg.model.patch[2])
         shift = timestep_shift(tokens, cfg.flow)
-        anchor: ChunkKV | None = None
-        recent: list[ChunkKV] = []
+        # each network reads its own keys/values of the finished chunks: [anchor or None, recent chunks]
+        nets = [self.dit] + ([self.dit_low] if req.expert_t > 0 else [])
+        caches: list[tuple[ChunkKV | None, list[ChunkKV]]] = [(None, []) for _ in nets]
         for start in range(0, T_lat, cf):
             Tc = min(cf, T_lat - start)
             frame0 = 0 if start == 0 else 1 + 4 * (start - 1)
             which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
             emb, mask = texts[which]
             nb = emb.shape[0]
-            context = ([anchor] if anchor is not None else []) + recent
+            contexts = [([a] if a is not None else []) + r for a, r in caches]
+            context = contexts[0]
 
-            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, context=context, nb=nb, start=start) -> Tensor:
-                tb = t.repeat(nb, *[1] * (t.dim() - 1))
-                v, _ = self.dit.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, context, start)
-                vc, vu = (v, v) if nb == 1 else v.chunk(2)
+            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, contexts=contexts, nb=nb, start=start) -> Tensor:
                 # t is the step's noise level; (1, Tc) with a clean first frame in resample_after_first
+                low = float(t.max()) < req.expert_t
+                net, ctx = (self.dit_low, contexts[1]) if low else (self.dit, contexts[0])
+                tb = t.repeat(nb, *[1] * (t.dim() - 1))
+                v, _ = net.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, ctx, start)
+                vc, vu = (v, v) if nb == 1 else v.chunk(2)
                 scale = req.cfg_scale if start == 0 else req.cfg_scale_later
                 scale = req.cfg_scale_low if float(t.max()) < req.cfg_low_t else scale
                 out = vu + scale * (vc - vu)
-                if req.history_guidance and context:  # the first chunk has no past to guide by
-                    v_alone, _ = self.dit.forward_chunk(x, t, emb[:1], mask[:1], [], start)
+                if req.history_guidance and ctx:  # the first chunk has no past to guide by
+                    v_alone, _ = net.forward_chunk(x, t, emb[:1], mask[:1], [], start)
                     out = out + req.history_guidance * (vc - v_alone)
                 return out
 
@@ -188,11 +206,14 @@ class Pipeline:
                 z = candidates[max(range(len(scores)), key=scores.__getitem__)]
             tc = torch.full((nb,), req.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if req.context_noise > 0 else z
-            _, kv = self.dit.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, context, start)
-            if start == 0 and req.anchor:
-                anchor = kv
-            else:
-                recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []
+            for i, net in enumerate(nets):
+                _, kv = net.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, contexts[i], start)
+                anchor, recent = caches[i]
+                if start == 0 and req.anchor:
+                    anchor = kv
+                else:
+                    recent = (recent + [kv])[-req.window_chunks :] if req.window_chunks else []
+                caches[i] = (anchor, recent)
             yield z / cfg.flow.latent_scale + cfg.flow.latent_shift
 
     def text_evidence(self, z: Tensor, noises: list[Tensor], emb: Tensor, mask: Tensor, context: list[ChunkKV],

@@ -1,0 +1,66 @@
+"""Attach a low-noise expert to a checkpoint: the steps of sampling at noise levels t below sample.expert_t then
+use the expert's weights (after eDiff-I, Balaji et al. 2022, and Wan 2.2's high/low-noise experts).
+
+    python -m videodit.expert --checkpoint checkpoints/tiny --expert runs/dit_low/export --t 0.55
+
+The expert is a DiT of the checkpoint's shape fine-tuned with flow.t_max >= t (train.py ... --flow.t_max 0.6);
+its dit.safetensors is copied to CKPT/dit_low.safetensors and CKPT/config.yaml gets sample.expert_t = t.
+Both writes go to a temporary file first. `sample.py --expert-t 0` samples without the expert again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from videodit.checkpoint import CheckpointError, load_dit, read_config, write_config
+from videodit.config import ConfigError
+
+
+def attach_expert(checkpoint: str | Path, expert: str | Path, t: float) -> None:
+    """Copy expert/dit.safetensors to checkpoint/dit_low.safetensors and set sample.expert_t = t there."""
+    checkpoint, expert = Path(checkpoint), Path(expert)
+    cfg, ecfg = read_config(checkpoint), read_config(expert)
+    if not 0 < t <= 1:
+        raise ConfigError(f"--t (the noise level below which the expert takes over) must be in (0, 1], got {t:g}")
+    if ecfg.model != cfg.model:
+        raise ConfigError(f"the expert's model config differs from the checkpoint's; an expert must be the same DiT "
+                          f"shape (train it with --train.init {checkpoint})")
+    if (ecfg.flow.latent_scale, ecfg.flow.latent_shift) != (cfg.flow.latent_scale, cfg.flow.latent_shift):
+        raise ConfigError("the expert was trained on differently normalised latents (flow.latent_scale / "
+                          "latent_shift); train it from this checkpoint's VAE and statistics")
+    if ecfg.flow.t_max < t:
+        raise ConfigError(f"the expert was trained on t <= {ecfg.flow.t_max:g} only; use --t {ecfg.flow.t_max:g} "
+                          f"or lower")
+    load_dit(expert, ecfg)  # readable and of the configured shape before anything is written
+    with tempfile.NamedTemporaryFile(dir=checkpoint, prefix=".dit_low.", suffix=".tmp", delete=False) as f:
+        tmp = Path(f.name)
+    try:
+        shutil.copyfile(expert / "dit.safetensors", tmp)
+        tmp.replace(checkpoint / "dit_low.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_config(replace(cfg, sample=replace(cfg.sample, expert_t=t)), checkpoint)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m videodit.expert", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True, help="checkpoint folder to attach the expert to")
+    ap.add_argument("--expert", required=True, help="export folder of the expert (dit.safetensors + config.yaml)")
+    ap.add_argument("--t", type=float, required=True, help="noise level below which the expert samples")
+    args = ap.parse_args(argv)
+    try:
+        attach_expert(args.checkpoint, args.expert, args.t)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"attached {args.expert} to {args.checkpoint} as its low-noise expert below t = {args.t:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -797,7 +797,8 @@ class Trainer:
         prompt = "a red circle moving to the right"
         out = self.run_dir / "samples" / f"step_{step:07d}.mp4"
         out.parent.mkdir(parents=True, exist_ok=True)
-        generate(pipe, Request(prompts=[prompt], at=[0.0], seconds=2.0, seed=0), out)
+        # the network being trained alone: a low-noise expert its init checkpoint had is not part of the run
+        generate(pipe, Request(prompts=[prompt], at=[0.0], seconds=2.0, seed=0, expert_t=0.0), out)
         if logger:
             logger.video(out, prompt, step)
 

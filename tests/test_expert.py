@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_sample import make_checkpoint
 
 from videodit.checkpoint import CheckpointError, read_config, save_module, write_config
@@ -128,9 +129,13 @@ def test_attach_cli_checks_before_writing(tmp_path):
     r = run("videodit.expert", "--checkpoint", str(base), "--expert", str(low), "--t", "0.5")
     assert r.returncode == 2 and "t <= 0.4" in r.stderr
     assert not (base / "dit_low.safetensors").exists() and (base / "config.yaml").read_text() == before
-    r = run("videodit.expert", "--checkpoint", str(base), "--expert", str(low), "--t", "0.4")
+    r = run("videodit.expert", "--checkpoint", str(base), "--expert", str(low), "--t", "0.4", "--bf16")
     assert r.returncode == 0, r.stderr
     assert read_config(base).sample.expert_t == 0.4 and (base / "dit_low.safetensors").is_file()
+    stored, source = load_file(base / "dit_low.safetensors"), load_file(low / "dit.safetensors")
+    assert all(v.dtype == torch.bfloat16 for v in stored.values() if v.is_floating_point())
+    assert all(torch.equal(stored[k], v.to(stored[k].dtype)) for k, v in source.items())
+    assert (base / "dit_low.safetensors").stat().st_mode & 0o044  # readable by others, as the rest of the checkpoint
     out = tmp_path / "v.mp4"
     r = run(str(ROOT / "sample.py"), "--checkpoint", str(base), "--prompt", "a red circle", "--seconds", "1",
             "--steps", "2", "--out", str(out))

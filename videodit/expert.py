@@ -5,24 +5,29 @@ use the expert's weights (after eDiff-I, Balaji et al. 2022, and Wan 2.2's high/
 
 The expert is a DiT of the checkpoint's shape fine-tuned with flow.t_max >= t (train.py ... --flow.t_max 0.6);
 its dit.safetensors is copied to CKPT/dit_low.safetensors and CKPT/config.yaml gets sample.expert_t = t.
-Both writes go to a temporary file first. `sample.py --expert-t 0` samples without the expert again.
+Both writes go to a temporary file first. `sample.py --expert-t 0` samples without the expert again. `--bf16`
+stores the expert's weights in bfloat16 (half the bytes; they are cast back to the model's dtype on load).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from videodit.checkpoint import CheckpointError, load_dit, read_config, write_config
+import torch
+from safetensors.torch import load_file, save_file
+
+from videodit.checkpoint import CheckpointError, _umask, load_dit, read_config, write_config
 from videodit.config import ConfigError
 
 
-def attach_expert(checkpoint: str | Path, expert: str | Path, t: float) -> None:
-    """Copy expert/dit.safetensors to checkpoint/dit_low.safetensors and set sample.expert_t = t there."""
+def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bool = False) -> None:
+    """Copy expert/dit.safetensors to checkpoint/dit_low.safetensors (bf16: in bfloat16) and set sample.expert_t = t."""
     checkpoint, expert = Path(checkpoint), Path(expert)
     cfg, ecfg = read_config(checkpoint), read_config(expert)
     if not 0 < t <= 1:
@@ -40,7 +45,12 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float) -> None:
     with tempfile.NamedTemporaryFile(dir=checkpoint, prefix=".dit_low.", suffix=".tmp", delete=False) as f:
         tmp = Path(f.name)
     try:
-        shutil.copyfile(expert / "dit.safetensors", tmp)
+        if bf16:
+            sd = load_file(expert / "dit.safetensors")
+            save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}, tmp)
+        else:
+            shutil.copyfile(expert / "dit.safetensors", tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # NamedTemporaryFile makes 0600 files; a checkpoint is meant to be shared
         tmp.replace(checkpoint / "dit_low.safetensors")
     finally:
         tmp.unlink(missing_ok=True)
@@ -52,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="checkpoint folder to attach the expert to")
     ap.add_argument("--expert", required=True, help="export folder of the expert (dit.safetensors + config.yaml)")
     ap.add_argument("--t", type=float, required=True, help="noise level below which the expert samples")
+    ap.add_argument("--bf16", action="store_true", help="store the expert's weights in bfloat16 (half the size)")
     args = ap.parse_args(argv)
     try:
-        attach_expert(args.checkpoint, args.expert, args.t)
+        attach_expert(args.checkpoint, args.expert, args.t, args.bf16)
     except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,17 +12,13 @@ stores the expert's weights in bfloat16 (half the bytes; they are cast back to t
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from videodit.checkpoint import CheckpointError, _umask, load_dit, read_config, write_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, load_dit, load_state, read_config, write_config
 from videodit.config import ConfigError
 
 
@@ -42,18 +38,10 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
         raise ConfigError(f"the expert was trained on t <= {ecfg.flow.t_max:g} only; use --t {ecfg.flow.t_max:g} "
                           f"or lower")
     load_dit(expert, ecfg)  # readable and of the configured shape before anything is written
-    with tempfile.NamedTemporaryFile(dir=checkpoint, prefix=".dit_low.", suffix=".tmp", delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        if bf16:
-            sd = load_file(expert / "dit.safetensors")
-            save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in sd.items()}, tmp)
-        else:
-            shutil.copyfile(expert / "dit.safetensors", tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # NamedTemporaryFile makes 0600 files; a checkpoint is meant to be shared
-        tmp.replace(checkpoint / "dit_low.safetensors")
-    finally:
-        tmp.unlink(missing_ok=True)
+    state = load_state(expert / "dit.safetensors")
+    if bf16:
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save_state(state, checkpoint / "dit_low.safetensors")
     write_config(replace(cfg, sample=replace(cfg.sample, expert_t=t)), checkpoint)
 
 

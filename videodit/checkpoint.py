@@ -62,8 +62,9 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}); re-export the checkpoint") from e
 
 
-def load_into(module: nn.Module, path: str | Path) -> nn.Module:
-    state = load_state(path)
+def load_into(module: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Load `path` (or `state`, already read from it) into `module`; every key must match."""
+    state = load_state(path) if state is None else state
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

@@ -127,9 +127,11 @@ def load_vae(folder: str | Path, cfg: Config | None = None):
     return load_into(VideoVAE(cfg.vae), Path(folder) / "vae.safetensors").eval()
 
 
-def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.safetensors"):
-    """The DiT of a checkpoint folder; name "dit_low.safetensors" is its low-noise expert (sample.expert_t)."""
+def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.safetensors",
+             state: dict[str, torch.Tensor] | None = None):
+    """The DiT of a checkpoint folder; name "dit_low.safetensors" is its low-noise expert (sample.expert_t).
+    `state`: that file's tensors, already read (see load_into)."""
     from videodit.dit import DiT
 
     cfg = cfg or read_config(folder)
-    return load_into(DiT(cfg.model), Path(folder) / name).eval()
+    return load_into(DiT(cfg.model), Path(folder) / name, state).eval()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from videodit.checkpoint import CheckpointError, atomic_save_state, load_into, load_state, read_config, write_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, load_dit, load_state, read_config, write_config
 from videodit.config import ConfigError
 
 
@@ -37,10 +37,8 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     if ecfg.flow.t_max < t:
         raise ConfigError(f"the expert was trained on t <= {ecfg.flow.t_max:g} only; use --t {ecfg.flow.t_max:g} "
                           f"or lower")
-    from videodit.dit import DiT
-
     state = load_state(expert / "dit.safetensors")
-    load_into(DiT(ecfg.model), expert / "dit.safetensors", state)  # of the configured shape before any write
+    load_dit(expert, ecfg, state=state)  # of the configured shape before anything is written
     if bf16:
         state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     atomic_save_state(state, checkpoint / "dit_low.safetensors")

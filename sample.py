@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="push each chunk toward what its past predicts (0 = off); default: the checkpoint's")
     p.add_argument("--first-frame-first", choices=["on", "off"], default="",
                    help="sample the first frame, then the opening motion from it; default: the checkpoint's")
+    p.add_argument("--warm-start", type=float, default=-1.0,
+                   help="start each later chunk at this noise level from the last frame before it (0 = off); "
+                        "default: the checkpoint's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
     p.add_argument("--out", default="outputs/sample.mp4")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                       expert_t=args.expert_t, sampler=args.sampler, churn=args.churn, best_of=args.best_of,
                       window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
                       context_noise=args.context_noise, history_guidance=args.history_guidance,
-                      first_frame_first={"on": True, "off": False}.get(args.first_frame_first), seed=args.seed)
+                      first_frame_first={"on": True, "off": False}.get(args.first_frame_first),
+                      warm_start=args.warm_start, seed=args.seed)
         check_output(out)
         if not Path(args.checkpoint).is_dir():
             shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT

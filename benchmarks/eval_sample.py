@@ -41,13 +41,13 @@ def _init_worker(checkpoint: str, threads: int) -> None:
 
 def _generate_one(job: tuple) -> Path:
     (checkpoint, prompt, seconds, steps, cfg, cfg_later, low_t, cfg_low, window, anchor, context_noise, history, fff,
-     churn, best_of, expert_t, seed, out) = job
+     churn, best_of, expert_t, warm, seed, out) = job
     onoff = {"on": True, "off": False}
     req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg, cfg_scale_later=cfg_later,
                   cfg_low_t=low_t, cfg_scale_low=cfg_low,
                   window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
                   history_guidance=history, first_frame_first=onoff.get(fff), churn=churn, best_of=best_of,
-                  expert_t=expert_t, seed=seed)
+                  expert_t=expert_t, warm_start=warm, seed=seed)
     return generate(_PIPES[checkpoint], req, Path(out))
 
 
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--churn", type=float, default=-1.0, help="stochastic sampling 0..1; default: the checkpoint's")
     ap.add_argument("--expert-t", type=float, default=-1.0,
                     help="low-noise expert below this noise level (0 = off); default: the checkpoint's")
+    ap.add_argument("--warm-start", type=float, default=-1.0,
+                    help="later chunks start at this noise level from the frame before (0 = off)")
     ap.add_argument("--objects", type=int, default=0,
                     help="only prompts with this many objects (the first --num of them; each keeps its seed)")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
@@ -108,7 +110,7 @@ def main() -> None:
     t0 = time.time()
     jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.cfg_low_t, args.cfg_low,
              args.window, args.anchor, args.context_noise, args.history_guidance, args.first_frame_first, args.churn,
-             args.best_of, args.expert_t, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+             args.best_of, args.expert_t, args.warm_start, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
             for i, p in zip(index, prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads

@@ -25,6 +25,25 @@ def test_samplers_land_on_the_target(method, steps, shift, churn):
     assert torch.allclose(out, target, atol=1e-5)
 
 
+def test_sample_from_a_partly_noised_start_runs_only_the_steps_below_it():
+    """start_t < 1: the input is x at t = start_t; the run steps from start_t through the schedule's times below
+    it, and with the exact field it still lands on the target."""
+    target = torch.randn(1, 4, 2, 3, 3)
+    seen = []
+
+    def v(x, t):
+        seen.append(float(t[0]))
+        return exact_velocity(target)(x, t)
+
+    x = interpolate(target + 0.3, torch.randn_like(target), torch.full((1,), 0.6))
+    out = sample(v, x, 8, shift=3.0, start_t=0.6, churn=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, target, atol=1e-5)
+    below = [t for t in schedule(8, 3.0) if 0 < t < 0.6]
+    assert seen == pytest.approx([0.6] + below) and len(seen) < 8
+    with pytest.raises(ValueError, match="start_t"):
+        sample(v, x, 8, start_t=0.0)
+
+
 def gaussian_velocity(std: float):
     """The exact field for data ~ N(0, std^2): E[eps - x0 | x_t] = (t - (1 - t) std^2) x_t / Var(x_t)."""
 

@@ -257,6 +257,37 @@ def test_best_of_keeps_the_candidate_with_the_most_text_evidence(pipe, monkeypat
             pipe.resolve(Request(**base, best_of=bad))
 
 
+def test_warm_start_begins_each_later_chunk_from_the_last_frame_before_it(pipe, monkeypatch):
+    """sample.warm_start t0: the first chunk is sampled from pure noise as usual; every later chunk starts at t0
+    from the last latent frame of the chunk before, held over the chunk and mixed with the chunk's noise draw:
+    x = (1 - t0) last + t0 eps."""
+    import videodit.generate as G
+
+    base = dict(prompts=["a red circle moving up"], at=[0.0], seconds=2.0, seed=5, cfg_scale=2.0, churn=0.0,
+                context_noise=0.0)
+    off = list(pipe.latent_chunks(Request(**base)))
+    calls = []  # (input, start_t, output) of every sampler run
+    real_sample = G.sample
+
+    def spy(velocity, noise, *a, **k):
+        out = real_sample(velocity, noise, *a, **k)
+        calls.append((noise, k.get("start_t", 1.0), out))
+        return out
+
+    monkeypatch.setattr(G, "sample", spy)
+    on = list(pipe.latent_chunks(Request(**base, warm_start=0.7)))
+    assert len(on) == len(off) > 2 and len(calls) == len(on)
+    assert torch.equal(on[0], off[0]) and (on[-1] - off[-1]).abs().max() > 1e-3
+    g = torch.Generator().manual_seed(5)  # deterministic sampler, clean context: one noise draw per chunk
+    assert calls[0][1] == 1.0 and torch.equal(calls[0][0], torch.randn(calls[0][0].shape, generator=g))
+    for (_, _, before), (x, t0, _) in zip(calls, calls[1:]):
+        eps = torch.randn(x.shape, generator=g)
+        assert t0 == 0.7 and (x - (0.3 * before[:, :, -1:] + 0.7 * eps)).abs().max() < 1e-6
+    monkeypatch.undo()
+    with pytest.raises(GenerateError, match="--warm-start"):
+        pipe.resolve(Request(**base, warm_start=1.0))
+
+
 def test_prompt_changes_along_the_timeline(pipe):
     one = Request(prompts=["a red circle"], at=[0.0], seconds=3.0, seed=0)
     two = Request(prompts=["a red circle", "a green triangle"], at=[0.0, 1.5], seconds=3.0, seed=0)

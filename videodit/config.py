@@ -243,6 +243,11 @@ class SampleConfig:
     # noise with that frame clean (t = 0), so the prompt sets the motion from a known start. Needs a model
     # trained with flow.clean_first_frame_prob > 0
     first_frame_first: bool = False
+    # warm start (0 = off): each chunk after the first starts at noise level t = warm_start from the last latent
+    # frame of the chunk before it, held still over the chunk and mixed with noise, x = (1 - t) last + t eps,
+    # instead of from pure noise at t = 1; its objects begin where, and as what, they were. Fewer steps run
+    # (those of the schedule below warm_start)
+    warm_start: float = 0.0
     max_seconds: float = 600.0
 
 

@@ -164,8 +164,11 @@ def sample(
     method: str = "euler",
     churn: float = 0.0,
     generator: torch.Generator | None = None,
+    start_t: float = 1.0,
 ) -> Tensor:
     """Integrate from pure noise (t = 1) to data (t = 0). method: 'euler' or 'heun' (2nd order).
+    start_t < 1: `noise` is already x at t = start_t (a partly noised picture); only the schedule's steps below
+    start_t run, from start_t.
 
     churn (0..1) makes the sampler stochastic, as DDIM's eta (Song et al. 2021) does for diffusion: a step from
     t to s lands on x_s = (1 - s) x0 + sqrt(s^2 - sigma^2) eps + sigma z, where (x0, eps) is the step's estimate
@@ -179,7 +182,11 @@ def sample(
         raise ValueError(f"unknown sampler '{method}'; choose 'euler' or 'heun'")
     if not 0 <= churn <= 1:
         raise ValueError(f"churn must be in [0, 1], got {churn}")
+    if not 0 < start_t <= 1:
+        raise ValueError(f"start_t must be in (0, 1], got {start_t}")
     ts = schedule(steps, shift)
+    if start_t < 1:
+        ts = [start_t] + [t for t in ts if t < start_t]
     x = noise
     B = noise.shape[0]
     for t_cur, t_next in zip(ts[:-1], ts[1:]):

@@ -51,6 +51,7 @@ class Request:
     context_noise: float = -1.0  # < 0 = the checkpoint's sample.context_noise
     history_guidance: float = -1.0  # < 0 = the checkpoint's sample.history_guidance
     first_frame_first: bool | None = None  # None = the checkpoint's sample.first_frame_first
+    warm_start: float = -1.0  # < 0 = the checkpoint's sample.warm_start, 0 = off
     seed: int = 0
 
 
@@ -96,6 +97,7 @@ class Pipeline:
         r.context_noise = s.context_noise if r.context_noise < 0 else r.context_noise
         r.history_guidance = s.history_guidance if r.history_guidance < 0 else r.history_guidance
         r.first_frame_first = s.first_frame_first if r.first_frame_first is None else r.first_frame_first
+        r.warm_start = s.warm_start if r.warm_start < 0 else r.warm_start
         if not (0 < r.seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {r.seconds:g}")
         if not r.prompts or any(not p.strip() for p in r.prompts):
@@ -110,6 +112,8 @@ class Pipeline:
                 f"--size must be a multiple of {unit} between {unit * 2} and {4 * c.data.size} for this "
                 f"checkpoint (trained at {c.data.size})"
             )
+        if not 0 <= r.warm_start < 1:
+            raise GenerateError(f"--warm-start must be in [0, 1) (0 = off), got {r.warm_start:g}")
         if not 0 <= r.context_noise < 1:
             raise GenerateError(f"--context-noise must be in [0, 1), got {r.context_noise:g}")
         if not (r.cfg_scale >= 0 and r.cfg_scale_later >= 0):
@@ -169,6 +173,7 @@ class Pipeline:
         # each network reads its own keys/values of the finished chunks: [anchor or None, recent chunks]
         nets = [self.dit] + ([self.dit_low] if req.expert_t > 0 else [])
         caches: list[tuple[ChunkKV | None, list[ChunkKV]]] = [(None, []) for _ in nets]
+        z = None  # the chunk before
         for start in range(0, T_lat, cf):
             Tc = min(cf, T_lat - start)
             frame0 = 0 if start == 0 else 1 + 4 * (start - 1)
@@ -196,10 +201,15 @@ class Pipeline:
             candidates = []
             for _ in range(req.best_of):
                 noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
-                z = sample(velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g)
+                t0 = req.warm_start if z is not None and req.warm_start > 0 else 1.0
+                if t0 < 1:
+                    noise = interpolate(z[:, :, -1:].expand_as(noise), noise, torch.full((1,), t0).to(noise))
+                x = sample(velocity, noise, req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g,
+                           start_t=t0)
                 if start == 0 and req.first_frame_first and Tc > 1:
-                    z = self.resample_after_first(velocity, z, g, req, shift)
-                candidates.append(z)
+                    x = self.resample_after_first(velocity, x, g, req, shift)
+                candidates.append(x)
+            z = candidates[0]
             if len(candidates) > 1:
                 noises = [torch.randn(z.shape, generator=g).to(z) for _ in cfg.sample.select_t]
                 scores = [self.text_evidence(c, noises, emb, mask, context, start) for c in candidates]

@@ -110,7 +110,8 @@ def build_dataset(cfg: Config):
 
     d = cfg.data
     if d.source == "shapes":
-        return datasets.ShapesDataset(num=d.num_clips, frames=d.frames, size=d.size, fps=d.fps, seed=d.seed)
+        return datasets.ShapesDataset(num=d.num_clips, frames=d.frames, size=d.size, fps=d.fps, seed=d.seed,
+                                      p_two=None if d.p_two < 0 else d.p_two)
     if d.source == "manifest":
         if not d.manifest or not Path(d.manifest).is_file():
             raise TrainError(f"data.manifest '{d.manifest}' not found; make one with `videodit-data prep`")

@@ -36,6 +36,11 @@ def test_shapes_dataset_renders_on_the_fly():
     assert torch.equal(ds[3]["video"], item["video"]) and len(ds) == 5 and ds.shapes[0] == (17, 64, 64)
     held = ShapesDataset(num=3, frames=5, size=32, fps=8, split="heldout")
     assert held[0]["caption"] == make_example(0, 0, "heldout")[1]
+    two = ShapesDataset(num=40, frames=5, size=32, fps=8, p_two=1.0)
+    assert all(len(make_example(0, i, "train", 1.0)[0].objects) == 2 for i in range(40))
+    assert two[7]["caption"] == make_example(0, 7, "train", 1.0)[1]
+    with pytest.raises(DataError, match="p_two"):
+        ShapesDataset(num=3, frames=5, size=32, fps=8, p_two=1.5)
 
 
 def test_clip_dataset_windows(tmp_path):

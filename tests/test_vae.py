@@ -339,3 +339,31 @@ def test_loss_takes_images_and_gan_terms_train_only_their_side():
     for g, p in zip(got, disc.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+
+
+def test_detail_weight_counts_the_pixels_that_stand_out_more():
+    """vae.detail_weight: the L1 term is weighted per pixel by flow.detail_weights of the clip (mean 1 per
+    frame), so an error on a small object costs more than the same error on the background."""
+    from videodit.flow import detail_weights
+
+    torch.manual_seed(0)
+    x = torch.full((1, 3, 5, 16, 16), -0.8)
+    x[:, :, :, 4:7, 4:7] = 0.9  # a small bright square on a dark background
+
+    class Fixed(torch.nn.Module):  # a "VAE" whose reconstruction we choose
+        def __init__(self, recon):
+            super().__init__()
+            self.recon = recon
+
+        def forward(self, v):
+            return self.recon, torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2)
+
+    on_object, on_background = x.clone(), x.clone()
+    on_object[:, :, :, 5, 5] -= 0.5
+    on_background[:, :, :, 12, 12] -= 0.5
+    plain, weighted = VAEConfig(ssim_weight=0.0), VAEConfig(ssim_weight=0.0, detail_weight=4.0)
+    lp = [vae_loss(Fixed(r), x, plain, 0)[1]["l1"] for r in (on_object, on_background)]
+    lw = [vae_loss(Fixed(r), x, weighted, 0)[1]["l1"] for r in (on_object, on_background)]
+    assert lp[0] == pytest.approx(lp[1]) and lw[0] > 3 * lw[1]
+    expected = ((on_object - x).abs() * detail_weights(x, 4.0)).mean()
+    assert lw[0] == pytest.approx(float(expected), rel=1e-5)

@@ -85,6 +85,9 @@ class VAEConfig:
     # loss weights (training)
     kl_weight: float = 1e-6
     ssim_weight: float = 0.2
+    # L1 weighted per pixel by flow.detail_weights of the clip (mean 1 per frame): the pixels that stand out of
+    # their frame (the objects, their edges) count more than the flat background that is most of it. 0 = plain L1
+    detail_weight: float = 0.0
     gan_weight: float = 0.0  # 0 disables the patch-GAN term
     gan_start_step: int = 2000
 
@@ -157,6 +160,7 @@ class DataConfig:
     source: str = "shapes"  # "shapes" (rendered on the fly), "manifest" (clips decoded on the fly) or "shards"
     num_clips: int = 1000  # size of the procedural dataset (source = shapes)
     seed: int = 0  # procedural dataset seed
+    p_two: float = -1.0  # share of two-object procedural clips (source = shapes); < 0 = the dataset's default
     shards: str = ""  # folder of cached latent shards (fast path); several joined by commas mix clip lengths
     manifest: str = ""  # clips manifest (JSONL) decoded on the fly
     frames: int = 17  # video frames per training clip (1 + 4k)

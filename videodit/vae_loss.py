@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from videodit.config import VAEConfig
+from videodit.flow import detail_weights
 from videodit.vae import VideoVAE
 
 
@@ -98,7 +99,7 @@ def vae_loss(
     """Total loss of one batch and scalars for logging.
 
     video: (B, 3, T, H, W) with T = 1 + 4k, or images (B, 3, H, W); values in [-1, 1].
-    loss = L1 + cfg.ssim_weight (1 - SSIM) + cfg.kl_weight KL
+    loss = L1 + cfg.ssim_weight (1 - SSIM) + cfg.kl_weight KL  (L1 detail-weighted when cfg.detail_weight > 0)
            [+ cfg.gan_weight (-D(recon)) + hinge loss of D on (video, recon.detach()) once gan_active]
     The KL is summed over latent elements and divided by the number of pixel values, so with a mean L1
     its weight means what it means in the latent-diffusion autoencoders (sum / sum, 1e-6).
@@ -106,7 +107,10 @@ def vae_loss(
     if video.ndim == 4:
         video = video.unsqueeze(2)  # an image is a one-frame video
     recon, mean, logvar = vae(video)  # (B, 3, T, H, W), (B, C, T', h, w) twice
-    l1 = (recon - video).abs().mean()
+    err = (recon - video).abs()
+    if cfg.detail_weight > 0:
+        err = err * detail_weights(video, cfg.detail_weight)
+    l1 = err.mean()
     s = ssim(recon, video)
     kl = 0.5 * (mean.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).sum() / video.numel()
     loss = l1 + cfg.ssim_weight * (1.0 - s) + cfg.kl_weight * kl

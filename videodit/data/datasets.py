@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from videodit.data.prep import read_manifest
-from videodit.data.shapes import make_example, render_clip
+from videodit.data.shapes import P_TWO, make_example, render_clip
 from videodit.data.video_io import DataError, read_video
 
 
@@ -101,12 +101,16 @@ class ClipDataset(Dataset):
 
 
 class ShapesDataset(Dataset):
-    """`num` procedural clips rendered on the fly; item i is a pure function of (seed, split, i)."""
+    """`num` procedural clips rendered on the fly; item i is a pure function of (seed, split, i, p_two)."""
 
-    def __init__(self, num: int, frames: int, size: int, fps: float, seed: int = 0, split: str = "train"):
+    def __init__(self, num: int, frames: int, size: int, fps: float, seed: int = 0, split: str = "train",
+                 p_two: float | None = None):
         if num < 1:
             raise DataError(f"ShapesDataset needs num >= 1, got {num}")
+        if p_two is not None and not 0 <= p_two <= 1:
+            raise DataError(f"ShapesDataset: the two-object share p_two must be in [0, 1], got {p_two}")
         self.num, self.frames, self.size, self.fps, self.seed, self.split = num, frames, size, fps, seed, split
+        self.p_two = P_TWO if p_two is None else p_two
         make_example(seed, 0, split)  # fail early on a bad split
         self.shapes = [(frames, size, size)] * num
 
@@ -116,7 +120,7 @@ class ShapesDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.num:
             raise IndexError(i)
-        spec, text = make_example(self.seed, i, self.split)
+        spec, text = make_example(self.seed, i, self.split, self.p_two)
         frames = render_clip(spec, fps=self.fps, size=self.size, frames=self.frames)
         return dict(video=to_tensor(frames), caption=text)
 

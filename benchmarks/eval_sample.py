@@ -39,6 +39,13 @@ def _init_worker(checkpoint: str, threads: int) -> None:
     _PIPES[checkpoint] = Pipeline.load(checkpoint)
 
 
+def seam_args(cfg) -> dict:
+    """evaluate_videos' seam arguments for videos a checkpoint of config `cfg` generated: its chunks in frames and
+    where the first chunk boundary falls (the first latent frame decodes to one frame, the others to four)."""
+    cf = cfg.model.chunk_frames
+    return dict(chunk_frames=4 * cf, seam_offset=1 + 4 * (cf - 1), fps=cfg.data.fps)
+
+
 def _generate_one(job: tuple) -> Path:
     (checkpoint, prompt, seconds, steps, cfg, cfg_later, low_t, cfg_low, window, anchor, context_noise, history, fff,
      churn, best_of, expert_t, warm, seed, out) = job
@@ -101,7 +108,7 @@ def main() -> None:
     pool = [(i, ex) for i, ex in pool if not args.objects or len(ex[0].objects) == args.objects][: args.num]
     index, examples = [i for i, _ in pool], [ex for _, ex in pool]
     prompts = [c for _, c in examples]
-    seam = dict(chunk_frames=4 * cfg.model.chunk_frames, seam_offset=1 + 4 * (cfg.model.chunk_frames - 1), fps=fps)
+    seam = seam_args(cfg)
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="videodit_eval_"))
     out_dir.mkdir(parents=True, exist_ok=True)
 

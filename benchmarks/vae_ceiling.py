@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from eval_sample import vae_round_trip  # noqa: E402
+from eval_sample import seam_args, vae_round_trip  # noqa: E402
 
 from videodit.data.evaluate import evaluate_videos  # noqa: E402
 from videodit.data.shapes import make_example, render_clip  # noqa: E402
@@ -42,13 +42,14 @@ def main() -> None:
 
     pipe = Pipeline.load(args.checkpoint)
     cfg = pipe.cfg
-    fps, size, cf = cfg.data.fps, cfg.data.size, cfg.model.chunk_frames
+    fps, size = cfg.data.fps, cfg.data.size
     n = 1 + 4 * ((round(args.seconds * fps) - 1) // 4)  # the VAE takes 1 + 4k frames
-    seam = dict(chunk_frames=4 * cf, seam_offset=1 + 4 * (cf - 1), fps=fps)
-    scores: dict[tuple[int, str], list[dict]] = {}
+    seam = seam_args(cfg)
+    scores: dict[tuple[int, str], list[dict]] = {}  # (objects, "truth" / "vae") -> per-video scores, all sets
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
         for seed in (int(s) for s in args.seeds.split(",")):
+            this_set: dict[tuple[int, str], list[dict]] = {}
             for i in range(args.num):
                 spec, prompt = make_example(seed, i, "heldout")
                 write_video(path, render_clip(spec, fps=fps, size=size, frames=n), fps)
@@ -57,10 +58,12 @@ def main() -> None:
                     write_video(path, vae_round_trip(pipe, truth), fps)
                 for name, frames in (("truth", truth), ("vae", read_video(path))):
                     v = evaluate_videos([frames], [prompt], **seam)["per_video"][0]
-                    scores.setdefault((len(spec.objects), name), []).append(v)
-            print(f"set {seed}: " + ", ".join(
+                    this_set.setdefault((len(spec.objects), name), []).append(v)
+            print(f"set {seed} persistence: " + ", ".join(
                 f"{k} object(s) {name} {100 * np.mean([v['persistence'] for v in vs]):.1f} (n={len(vs)})"
-                for (k, name), vs in sorted(scores.items())), flush=True)
+                for (k, name), vs in sorted(this_set.items())), flush=True)
+            for key, vs in this_set.items():
+                scores.setdefault(key, []).extend(vs)
 
     def summary(vs: list[dict]) -> dict:
         return {m: round(100 * float(np.mean([float(v[m]) for v in vs if v.get(m) is not None])), 2) for m in METRICS}

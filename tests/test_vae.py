@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from videodit.config import VAE_PRESETS, ConfigError, VAEConfig
+from videodit.config import VAE_PRESETS, ConfigError, VAEConfig, load_config
 from videodit.vae import (
     VideoVAE,
     _blend_tiles,
@@ -367,3 +367,33 @@ def test_detail_weight_counts_the_pixels_that_stand_out_more():
     assert lp[0] == pytest.approx(lp[1]) and lw[0] > 3 * lw[1]
     expected = ((on_object - x).abs() * detail_weights(x, 4.0)).mean()
     assert lw[0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_latent_noise_perturbs_each_clips_latents_by_its_own_bounded_scale():
+    """vae.latent_noise: the decoder sees the posterior sample plus noise of a std drawn per clip from
+    U(0, latent_noise); 0 leaves the training forward pass as it was."""
+    vae = tiny_vae().eval()
+    seen = []
+    vae.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    x = torch.rand(6, 3, 5, 16, 16) * 2 - 1
+    torch.manual_seed(0)
+    _, mean, logvar = vae(x)
+    torch.manual_seed(0)
+    vae(x, 0.5)
+    clean, noisy = seen
+    assert (clean - mean).abs().max() < 10 * logvar.mul(0.5).exp().max()  # the posterior sample alone
+    std = (noisy - clean).flatten(1).std(1)  # per clip: its drawn scale (4 x 2 x 2 x 2 = 32 values each)
+    assert (std > 0).all() and (std < 0.5 * 1.6).all() and std.max() > 2 * std.min()
+    with pytest.raises(ConfigError, match="vae.latent_noise"):
+        load_config(None, {"vae.latent_noise": -0.1})
+
+
+def test_latent_noise_reaches_the_loss():
+    """vae_loss passes vae.latent_noise to the VAE: same seed, same loss; noise on, another loss."""
+    vae = tiny_vae()
+    x = torch.rand(2, 3, 5, 16, 16) * 2 - 1
+    losses = []
+    for noise in (0.0, 0.0, 1.0):
+        torch.manual_seed(0)
+        losses.append(vae_loss(vae, x, VAEConfig(latent_noise=noise), 0)[0].item())
+    assert losses[0] == losses[1] != losses[2]

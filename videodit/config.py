@@ -88,6 +88,10 @@ class VAEConfig:
     # L1 weighted per pixel by flow.detail_weights of the clip (mean 1 per frame): the pixels that stand out of
     # their frame (the objects, their edges) count more than the flat background that is most of it. 0 = plain L1
     detail_weight: float = 0.0
+    # > 0: the decoder learns from noisy latents: each clip's posterior sample gets Gaussian noise of a std drawn
+    # uniformly from [0, latent_noise] (raw latent units), so that it decodes a generator's imperfect latents
+    # (a DiT's small per-frame errors) into stable shapes instead of reading every error as detail. 0 = off
+    latent_noise: float = 0.0
     gan_weight: float = 0.0  # 0 disables the patch-GAN term
     gan_start_step: int = 2000
 
@@ -496,6 +500,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):
         raise ConfigError(f"train.wandb must be online, offline or disabled, got '{t.wandb}'")
+    if not (cfg.vae.detail_weight >= 0 and cfg.vae.latent_noise >= 0):
+        raise ConfigError(f"vae.detail_weight and vae.latent_noise must be >= 0 (0 = off), got "
+                          f"{cfg.vae.detail_weight} and {cfg.vae.latent_noise}")
     if cfg.vae.freeze_encoder and not (t.task == "vae" and t.init):
         raise ConfigError("vae.freeze_encoder fine-tunes a trained VAE's decoder: set train.task vae and train.init")
     if t.steps < 1 or t.grad_accum < 1 or cfg.data.batch_size < 1:

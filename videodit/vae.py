@@ -526,16 +526,22 @@ class VideoVAE(nn.Module):
         x = self.decoder(z, frames)
         return x + self._pixel_mean(x), VAECache(frames, cache.seen + z.shape[2], "decode")
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, latent_noise: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         """Whole video for training: (B, 3, T, H, W) -> (reconstruction from a posterior sample, mean, logvar).
 
-        Stateless (cache None), so activation checkpointing may re-run any block.
+        latent_noise > 0 adds Gaussian noise to each clip's posterior sample, its std drawn from U(0, latent_noise)
+        per clip (see VAEConfig.latent_noise). Stateless (cache None), so activation checkpointing may re-run any
+        block.
         """
         self.check_video(x, VAECache())
         x = x.to(self.encoder.conv_in.conv.weight.dtype)  # fp32 clips meet bf16 weights under DeepSpeed's bf16
         mean, logvar = self.encoder(x - self._pixel_mean(x), None)  # (B, C, T', h, w) each
         post = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
-        recon = self.decoder(post.sample(), None) + self._pixel_mean(x)  # (B, 3, T, H, W)
+        z = post.sample()
+        if latent_noise > 0:
+            std = torch.rand(z.shape[0], 1, 1, 1, 1, device=z.device, dtype=z.dtype) * latent_noise
+            z = z + std * torch.randn_like(z)
+        recon = self.decoder(z, None) + self._pixel_mean(x)  # (B, 3, T, H, W)
         return recon, post.mean, post.logvar
 
 

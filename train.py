@@ -199,13 +199,15 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
 
 
 class DiTLoss(nn.Module):
-    def __init__(self, dit: DiT, detail_weight: float = 0.0):
+    def __init__(self, dit: DiT, detail_weight: float = 0.0, temporal_weight: float = 0.0):
         super().__init__()
         self.dit = dit
         self.detail_weight = detail_weight
+        self.temporal_weight = temporal_weight
 
     def forward(self, x0: Tensor, noise: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
-        return flow_loss(lambda xt, tt: self.dit(xt, tt, text, text_mask), x0, t, noise, self.detail_weight)
+        return flow_loss(lambda xt, tt: self.dit(xt, tt, text, text_mask), x0, t, noise, self.detail_weight,
+                         self.temporal_weight)
 
 
 class VAELoss(nn.Module):
@@ -263,7 +265,7 @@ class DiTTask:
             if unexpected or set(missing) - new:
                 raise TrainError(f"train.init: '{self.cfg.train.init}' does not match this model (missing "
                                  f"{missing[:3]}, unexpected {unexpected[:3]}); give an export of the same config")
-        return DiTLoss(dit, self.cfg.flow.detail_weight)
+        return DiTLoss(dit, self.cfg.flow.detail_weight, self.cfg.flow.temporal_weight)
 
     @torch.no_grad()
     def latents(self, batch: dict) -> Tensor:

@@ -154,6 +154,10 @@ class FlowConfig:
     # > 0: weight the loss toward latent positions that stand out of their frame (flow.detail_weights): small
     # objects are a few latent pixels of a mostly flat frame, so plain MSE spends little on their shape
     detail_weight: float = 0.0
+    # > 0: add this times the mean squared *change* of the velocity error between consecutive latent frames at the
+    # same noise level: errors that flicker from frame to frame (a small object's shape read differently in each
+    # latent frame) cost more than the same error held steady. 0 = plain MSE
+    temporal_weight: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
     latent_shift: float = 0.0
@@ -464,6 +468,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"flow.t_max (the highest noise level trained) must be in (0, 1], got {cfg.flow.t_max}")
     if not cfg.flow.detail_weight >= 0:
         raise ConfigError(f"flow.detail_weight must be >= 0 (0 = plain MSE), got {cfg.flow.detail_weight}")
+    if not cfg.flow.temporal_weight >= 0:
+        raise ConfigError(f"flow.temporal_weight must be >= 0 (0 = plain MSE), got {cfg.flow.temporal_weight}")
     if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
         raise ConfigError(f"flow.anchor_gap_prob is a probability in [0, 1], got {cfg.flow.anchor_gap_prob}")
     if cfg.flow.anchor_gap_prob > 0 and not cfg.flow.per_chunk_t:

@@ -355,7 +355,7 @@ def test_detail_weight_counts_the_pixels_that_stand_out_more():
             super().__init__()
             self.recon = recon
 
-        def forward(self, v):
+        def forward(self, v, latent_noise=0.0):
             return self.recon, torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 4, 2, 2, 2)
 
     on_object, on_background = x.clone(), x.clone()

@@ -127,15 +127,15 @@ def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor, detail_we
     if detail_weight > 0:
         err = err * detail_weights(x0, detail_weight)
     B, T = x0.shape[0], x0.shape[2]
-    tt = t.view(B, 1).expand(B, T) if t.dim() == 1 else t
-    # a per-sample mean over its noisy frames, then the batch mean: so that the mean of per-rank losses
-    # equals the loss of the global batch (data parallel gives the same gradients as one process)
     if t.dim() == 1:
         loss = err.mean()
     else:
-        w = (tt > 0).float().view(B, 1, T, 1, 1).expand_as(err)
+        # a per-sample mean over its noisy frames, then the batch mean: so that the mean of per-rank losses
+        # equals the loss of the global batch (data parallel gives the same gradients as one process)
+        w = (t > 0).float().view(B, 1, T, 1, 1).expand_as(err)
         loss = ((err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)).mean()
     if temporal_weight > 0 and T > 1:
+        tt = t.view(B, 1).expand(B, T) if t.dim() == 1 else t
         d = (e[:, :, 1:] - e[:, :, :-1]).pow(2)  # (B, C, T - 1, H, W)
         pair = ((tt[:, 1:] == tt[:, :-1]) & (tt[:, 1:] > 0)).float().view(B, 1, T - 1, 1, 1).expand_as(d)
         loss = loss + temporal_weight * ((d * pair).flatten(1).sum(1) / pair.flatten(1).sum(1).clamp_min(1.0)).mean()

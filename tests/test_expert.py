@@ -10,12 +10,13 @@ import torch
 from safetensors.torch import load_file
 from test_sample import make_checkpoint
 
-from videodit.checkpoint import CheckpointError, read_config, save_module, write_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, load_state, read_config, save_module, write_config
 from videodit.config import Config
 from videodit.dit import DiT
 from videodit.expert import attach_expert
 from videodit.flow import sample, timestep_shift
 from videodit.generate import GenerateError, Pipeline, Request
+from videodit.repatch import repatch_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,30 @@ def test_an_expert_equal_to_the_base_changes_nothing(ckpt, pipe, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_an_expert_with_finer_patches_keeps_its_own_shape(tmp_path):
+    """An expert re-patched to 1x1x1 (four times the tokens of the 1x2x2 base) is attached with its config in
+    dit_low.yaml and loads in that shape; the cached generation still equals recomputing the whole past with
+    whichever network each step uses. Attaching a same-shape expert later removes the stale dit_low.yaml."""
+    base = make_checkpoint(tmp_path / "base")
+    cfg = read_config(base)
+    state, fine_cfg = repatch_state(load_state(base / "dit.safetensors"), cfg, (1, 1, 1))
+    fine_cfg.flow.t_max = 0.8
+    atomic_save_state(state, tmp_path / "fine" / "dit.safetensors")
+    write_config(fine_cfg, tmp_path / "fine")
+    attach_expert(base, tmp_path / "fine", 0.7)
+    assert (base / "dit_low.yaml").is_file() and read_config(base).model == cfg.model
+    pipe = Pipeline.load(base)
+    assert pipe.dit.cfg.patch == (1, 2, 2) and pipe.dit_low.cfg.patch == (1, 1, 1)
+    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=2.5, seed=1, steps=3, cfg_scale=2.0,
+                               expert_t=0.5, window_chunks=100, negative_prompt="a red circle"))
+    cached = torch.cat(list(pipe.latent_chunks(req)), 2)
+    reference, used = _reference(pipe, req)
+    assert used == [False, False, True] * 3
+    assert (cached - reference).abs().max() < 1e-5
+    attach_expert(base, make_expert(tmp_path / "same", read_config(base)), 0.7)
+    assert not (base / "dit_low.yaml").exists() and Pipeline.load(base).dit_low.cfg.patch == (1, 2, 2)
+
+
 def test_missing_expert_and_bad_expert_t_are_clear(ckpt, pipe, tmp_path):
     bare = make_checkpoint(tmp_path / "bare")
     with pytest.raises(GenerateError, match="dit_low.safetensors"):
@@ -121,10 +146,11 @@ def test_attach_cli_checks_before_writing(tmp_path):
     base = make_checkpoint(tmp_path / "base")
     before = (base / "config.yaml").read_text()
     other = read_config(base)
-    other.model.depth = 1
+    other.model.text_dim = 32
     wrong = make_expert(tmp_path / "wrong", other)
     r = run("videodit.expert", "--checkpoint", str(base), "--expert", str(wrong), "--t", "0.5")
-    assert r.returncode == 2 and "model config differs" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "differs from the checkpoint's in text_dim" in r.stderr
+    assert "Traceback" not in r.stderr
     low = make_expert(tmp_path / "low", read_config(base), t_max=0.4)
     r = run("videodit.expert", "--checkpoint", str(base), "--expert", str(low), "--t", "0.5")
     assert r.returncode == 2 and "t <= 0.4" in r.stderr

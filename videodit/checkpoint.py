@@ -2,7 +2,8 @@
 
     CKPT/config.yaml          the full resolved Config (videodit.config)
     CKPT/dit.safetensors      DiT weights (EMA weights when exported from training)
-    CKPT/dit_low.safetensors  optional: a low-noise expert DiT of the same shape (sample.expert_t)
+    CKPT/dit_low.safetensors  optional: a low-noise expert DiT (sample.expert_t)
+    CKPT/dit_low.yaml         the expert's config, only when its DiT is shaped unlike dit.safetensors
     CKPT/vae.safetensors      VAE weights
     CKPT/text_encoder/        the T5 encoder (save_pretrained: config.json + model.safetensors)
 
@@ -84,14 +85,14 @@ def read_config(folder: str | Path) -> Config:
         raise CheckpointError(f"checkpoint '{folder}' has no valid config.yaml: {e}") from e
 
 
-def write_config(cfg: Config, folder: str | Path) -> None:
+def write_config(cfg: Config, folder: str | Path, name: str = "config.yaml") -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".config.", suffix=".yaml.tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     os.close(fd)
     save_config(cfg, tmp)
     os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, folder / "config.yaml")
+    os.replace(tmp, folder / name)
 
 
 def save_text_encoder(text_encoder: nn.Module, folder: str | Path) -> None:
@@ -135,3 +136,17 @@ def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.saf
 
     cfg = cfg or read_config(folder)
     return load_into(DiT(cfg.model), Path(folder) / name, state).eval()
+
+
+def expert_config(folder: str | Path, cfg: Config | None = None) -> Config:
+    """The config that shapes a checkpoint's low-noise expert: CKPT/dit_low.yaml when the expert's DiT differs from
+    the main one (e.g. finer patches; written by `python -m videodit.expert`), else the checkpoint's own."""
+    folder = Path(folder)
+    cfg = cfg or read_config(folder)
+    own = folder / "dit_low.yaml"
+    if not own.is_file():
+        return cfg
+    try:
+        return load_config(own)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint '{folder}' has an unreadable dit_low.yaml (the expert's config): {e}") from e

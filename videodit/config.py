@@ -225,8 +225,9 @@ class SampleConfig:
     cfg_low_t: float = 0.0
     cfg_scale_low: float = 1.0
     # a low-noise expert (eDiff-I, Balaji et al. 2022; Wan 2.2's two experts): the steps at noise levels t below
-    # expert_t use a second DiT of the same shape (dit_low.safetensors in the checkpoint, trained with
-    # flow.t_max), so the last steps, where small shapes are finished, get a whole network. 0 = off
+    # expert_t use a second DiT (dit_low.safetensors in the checkpoint, trained with flow.t_max; shaped by
+    # dit_low.yaml when it differs from the main one), so the last steps, where small shapes are finished, get a
+    # whole network. 0 = off
     expert_t: float = 0.0
     sampler: str = "euler"  # "euler" or "heun"
     # stochastic sampling (flow.sample): each step draws fresh noise with this fraction of the exact posterior's

@@ -3,9 +3,11 @@ use the expert's weights (after eDiff-I, Balaji et al. 2022, and Wan 2.2's high/
 
     python -m videodit.expert --checkpoint checkpoints/tiny --expert runs/dit_low/export --t 0.55
 
-The expert is a DiT of the checkpoint's shape fine-tuned with flow.t_max >= t (train.py ... --flow.t_max 0.6);
-its dit.safetensors is copied to CKPT/dit_low.safetensors and CKPT/config.yaml gets sample.expert_t = t.
-Both writes go to a temporary file first. `sample.py --expert-t 0` samples without the expert again. `--bf16`
+The expert is a DiT fine-tuned with flow.t_max >= t (train.py ... --flow.t_max 0.6), usually of the checkpoint's
+shape; its dit.safetensors is copied to CKPT/dit_low.safetensors and CKPT/config.yaml gets sample.expert_t = t.
+An expert shaped otherwise (finer patches from `python -m videodit.repatch`, more blocks) is allowed when it reads
+the same latents and text (model.in_channels, chunk_frames, text_dim); its config then goes to CKPT/dit_low.yaml.
+Every write goes to a temporary file first. `sample.py --expert-t 0` samples without the expert again. `--bf16`
 stores the expert's weights in bfloat16 (half the bytes; they are cast back to the model's dtype on load).
 """
 
@@ -21,6 +23,9 @@ import torch
 from videodit.checkpoint import CheckpointError, atomic_save_state, load_dit, load_state, read_config, write_config
 from videodit.config import ConfigError
 
+# what the expert must share with the main DiT: the latents it denoises, the chunking of the timeline, the text
+SHARED = ("in_channels", "chunk_frames", "text_dim")
+
 
 def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bool = False) -> None:
     """Copy expert/dit.safetensors to checkpoint/dit_low.safetensors (bf16: in bfloat16) and set sample.expert_t = t."""
@@ -28,9 +33,11 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     cfg, ecfg = read_config(checkpoint), read_config(expert)
     if not 0 < t <= 1:
         raise ConfigError(f"--t (the noise level below which the expert takes over) must be in (0, 1], got {t:g}")
-    if ecfg.model != cfg.model:
-        raise ConfigError(f"the expert's model config differs from the checkpoint's; an expert must be the same DiT "
-                          f"shape (train it with --train.init {checkpoint})")
+    clash = [k for k in SHARED if getattr(ecfg.model, k) != getattr(cfg.model, k)]
+    if clash:
+        raise ConfigError(f"the expert's model config differs from the checkpoint's in {', '.join(clash)}; an expert "
+                          f"must read the same latents, chunks and text (train it with --train.init {checkpoint}, "
+                          f"or a re-patched copy from `python -m videodit.repatch`)")
     if (ecfg.flow.latent_scale, ecfg.flow.latent_shift) != (cfg.flow.latent_scale, cfg.flow.latent_shift):
         raise ConfigError("the expert was trained on differently normalised latents (flow.latent_scale / "
                           "latent_shift); train it from this checkpoint's VAE and statistics")
@@ -42,6 +49,10 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     if bf16:
         state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
     atomic_save_state(state, checkpoint / "dit_low.safetensors")
+    if ecfg.model != cfg.model:
+        write_config(ecfg, checkpoint, "dit_low.yaml")
+    else:
+        (checkpoint / "dit_low.yaml").unlink(missing_ok=True)  # an earlier, differently shaped expert's
     write_config(replace(cfg, sample=replace(cfg.sample, expert_t=t)), checkpoint)
 
 

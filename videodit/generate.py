@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from videodit.checkpoint import CheckpointError, load_dit, load_text_encoder, load_vae, read_config
+from videodit.checkpoint import CheckpointError, expert_config, load_dit, load_text_encoder, load_vae, read_config
 from videodit.config import Config
 from videodit.dit import ChunkKV
 from videodit.flow import interpolate, sample, timestep_shift
@@ -73,7 +73,7 @@ class Pipeline:
             raise CheckpointError(f"'{folder}/config.yaml' sets sample.expert_t {cfg.sample.expert_t:g} but the "
                                   f"folder has no dit_low.safetensors (the low-noise expert); attach one with "
                                   f"`python -m videodit.expert` or set sample.expert_t: 0")
-        dit_low = load_dit(folder, cfg, "dit_low.safetensors") if low.is_file() else None
+        dit_low = load_dit(folder, expert_config(folder, cfg), "dit_low.safetensors") if low.is_file() else None
         return cls(cfg, dit, vae, text_encoder, torch.device(device), dit_low)
 
     # ---- request checks
@@ -106,7 +106,7 @@ class Pipeline:
             raise GenerateError("--at must give one increasing start time per prompt, the first being 0")
         if r.fps != c.data.fps:
             raise GenerateError(f"this checkpoint was trained at {c.data.fps} fps; use --fps {c.data.fps}")
-        unit = 8 * c.model.patch[1]
+        unit = 8 * math.lcm(*(n.cfg.patch[1] for n in (self.dit, self.dit_low) if n is not None))
         if r.size % unit or not (unit * 2 <= r.size <= 4 * c.data.size):
             raise GenerateError(
                 f"--size must be a multiple of {unit} between {unit * 2} and {4 * c.data.size} for this "

@@ -75,17 +75,24 @@ def _reference(pipe, req):
     return torch.cat(chunks, 2), used
 
 
-def test_expert_takes_the_low_noise_steps_with_its_own_cache(pipe):
-    """Three chunks, three steps (t = 1, 0.667, 0.333; no shift at this size) and expert_t 0.5: the last step of
-    each chunk uses the expert; the cached generation equals recomputing the whole past with whichever network
-    each step uses."""
-    assert pipe.cfg.sample.expert_t == 0.7 and pipe.dit_low is not None
+def _cached_equals_reference(pipe):
+    """Three chunks, three steps (t = 1, 0.667, 0.333; no shift at this size) and expert_t 0.5: the last step of each
+    chunk uses the expert, and the cached generation equals the reference. Returns (request, cached latents)."""
     req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=2.5, seed=1, steps=3, cfg_scale=2.0,
                                expert_t=0.5, window_chunks=100, negative_prompt="a red circle"))
     cached = torch.cat(list(pipe.latent_chunks(req)), 2)
     reference, used = _reference(pipe, req)
     assert used == [False, False, True] * 3
     assert (cached - reference).abs().max() < 1e-5
+    return req, cached
+
+
+def test_expert_takes_the_low_noise_steps_with_its_own_cache(pipe):
+    """Three chunks, three steps (t = 1, 0.667, 0.333; no shift at this size) and expert_t 0.5: the last step of
+    each chunk uses the expert; the cached generation equals recomputing the whole past with whichever network
+    each step uses."""
+    assert pipe.cfg.sample.expert_t == 0.7 and pipe.dit_low is not None
+    req, cached = _cached_equals_reference(pipe)
     plain = torch.cat(list(pipe.latent_chunks(Request(**{**vars(req), "expert_t": 0.0}))), 2)
     assert (plain - cached).abs().max() > 1e-3  # the expert changes the result
 
@@ -113,12 +120,7 @@ def test_an_expert_with_finer_patches_keeps_its_own_shape(tmp_path):
     assert (base / "dit_low.yaml").is_file() and read_config(base).model == cfg.model
     pipe = Pipeline.load(base)
     assert pipe.dit.cfg.patch == (1, 2, 2) and pipe.dit_low.cfg.patch == (1, 1, 1)
-    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=2.5, seed=1, steps=3, cfg_scale=2.0,
-                               expert_t=0.5, window_chunks=100, negative_prompt="a red circle"))
-    cached = torch.cat(list(pipe.latent_chunks(req)), 2)
-    reference, used = _reference(pipe, req)
-    assert used == [False, False, True] * 3
-    assert (cached - reference).abs().max() < 1e-5
+    _cached_equals_reference(pipe)
     attach_expert(base, make_expert(tmp_path / "same", read_config(base)), 0.7)
     assert not (base / "dit_low.yaml").exists() and Pipeline.load(base).dit_low.cfg.patch == (1, 2, 2)
 

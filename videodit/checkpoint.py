@@ -141,11 +141,9 @@ def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.saf
 def expert_config(folder: str | Path, cfg: Config | None = None) -> Config:
     """The config that shapes a checkpoint's low-noise expert: CKPT/dit_low.yaml when the expert's DiT differs from
     the main one (e.g. finer patches; written by `python -m videodit.expert`), else the checkpoint's own."""
-    folder = Path(folder)
-    cfg = cfg or read_config(folder)
-    own = folder / "dit_low.yaml"
+    own = Path(folder) / "dit_low.yaml"
     if not own.is_file():
-        return cfg
+        return cfg or read_config(folder)
     try:
         return load_config(own)
     except ConfigError as e:

@@ -51,8 +51,9 @@ def main(report: str, folder: str) -> None:
               f"  {fn / max(1, nf + ws):18.2f}")
     r = np.array(runs)
     if len(r):
+        short, long = r[r <= 2].sum() / r.sum(), r[r >= 8].sum() / r.sum()
         print(f"two-object failed runs: {len(r)}, median length {np.median(r):.0f} frames, "
-              f"{r[r <= 2].sum() / r.sum():.2f} of failed frames in runs of 1-2, {r[r >= 8].sum() / r.sum():.2f} in runs >= 8")
+              f"{short:.2f} of failed frames in runs of 1-2, {long:.2f} in runs >= 8")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ frame has the two objects within 16 px, and how long the runs of failed frames a
 import json
 import sys
 
-import av
 import numpy as np
 
 from videodit.data.evaluate import SHAPES, track_objects
+from videodit.data.video_io import read_video
 
 
 def main(report: str, folder: str) -> None:
@@ -19,8 +19,7 @@ def main(report: str, folder: str) -> None:
     table: dict[tuple, list[int]] = {}  # key -> [frames, not found, wrong shape, failed near the other, near]
     runs: list[int] = []
     for i, v in enumerate(per_video):
-        with av.open(f"{folder}/{i:03d}.mp4") as f:
-            frames = np.stack([fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)])
+        frames = read_video(f"{folder}/{i:03d}.mp4")  # as benchmarks/eval_sample.py read them for the report
         tracks = track_objects(frames, v["prompt"])
         near = np.zeros(len(frames), bool)
         if len(tracks) == 2:

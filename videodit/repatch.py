@@ -23,6 +23,9 @@ one did (KV cache included) and training starts from the old model's loss, not a
 attention and MLP weights give the new block useful features once its outputs move off zero (after
 stacking-style growth, e.g. Gong et al. 2019 and Chen et al. 2022, "bert2BERT").
 
+`--bf16` (alone or with the above) stores the weights in bfloat16: half the bytes, for shipping a checkpoint; they
+are cast back to the model's dtype on load (the low-noise expert's `python -m videodit.expert --bf16` does the same).
+
 Writes `dit.safetensors` + `config.yaml` to --out (use with `--train.init OUT
 --config OUT/config.yaml`); the VAE and text encoder stay where they are (`--train.vae`).
 """
@@ -34,6 +37,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from videodit.checkpoint import CheckpointError, atomic_save_state, load_state, read_config, write_config
@@ -108,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="folder with dit.safetensors + config.yaml")
     ap.add_argument("--patch", type=int, nargs=3, metavar=("PT", "PH", "PW"), help="smaller spatial patches")
     ap.add_argument("--depth", type=int, help="more blocks (new ones start as the identity)")
+    ap.add_argument("--bf16", action="store_true", help="store the weights in bfloat16 (half the bytes)")
     ap.add_argument("--out", required=True, help="folder to write dit.safetensors + config.yaml to")
     args = ap.parse_args(argv)
-    if args.patch is None and args.depth is None:
-        ap.error("give --patch, --depth or both")
+    if args.patch is None and args.depth is None and not args.bf16:
+        ap.error("give --patch, --depth, --bf16 or several of them")
     try:
         cfg = read_config(args.checkpoint)
         state = load_state(Path(args.checkpoint) / "dit.safetensors")
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             new_state, new_cfg = repatch_state(new_state, new_cfg, tuple(args.patch))
         if args.depth is not None:
             new_state, new_cfg = grow_state(new_state, new_cfg, args.depth)
+        if args.bf16:
+            new_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in new_state.items()}
         out = Path(args.out)  # both writers below create the folder
         atomic_save_state(new_state, out / "dit.safetensors")
         write_config(new_cfg, out)
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.depth is not None:
         layout = " ".join("+" if j is None else str(j) for j in grow_sources(cfg.model.depth, args.depth))
         print(f"grew {cfg.model.depth} -> {args.depth} blocks (old blocks and new ones: {layout}) into {out}")
+    if args.bf16:
+        print(f"stored the weights in bfloat16 in {out}")
     return 0
 
 

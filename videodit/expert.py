@@ -18,9 +18,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
-from videodit.checkpoint import CheckpointError, atomic_save_state, load_dit, load_state, read_config, write_config
+from videodit.checkpoint import (
+    CheckpointError,
+    atomic_save_state,
+    bf16_state,
+    load_dit,
+    load_state,
+    read_config,
+    write_config,
+)
 from videodit.config import ConfigError
 
 # what the expert must share with the main DiT: the latents it denoises, the chunking of the timeline, the text
@@ -47,7 +53,7 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     state = load_state(expert / "dit.safetensors")
     load_dit(expert, ecfg, state=state)  # of the configured shape before anything is written
     if bf16:
-        state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        state = bf16_state(state)
     atomic_save_state(state, checkpoint / "dit_low.safetensors")
     if ecfg.model != cfg.model:
         write_config(ecfg, checkpoint, "dit_low.yaml")

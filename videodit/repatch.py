@@ -37,10 +37,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from videodit.checkpoint import CheckpointError, atomic_save_state, load_state, read_config, write_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, bf16_state, load_state, read_config, write_config
 from videodit.config import Config, ConfigError, validate
 
 
@@ -126,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.depth is not None:
             new_state, new_cfg = grow_state(new_state, new_cfg, args.depth)
         if args.bf16:
-            new_state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in new_state.items()}
+            new_state = bf16_state(new_state)
         out = Path(args.out)  # both writers below create the folder
         atomic_save_state(new_state, out / "dit.safetensors")
         write_config(new_cfg, out)

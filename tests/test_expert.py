@@ -171,3 +171,27 @@ def test_attach_cli_checks_before_writing(tmp_path):
     r = run(str(ROOT / "sample.py"), "--checkpoint", str(base), "--prompt", "a red circle", "--seconds", "1",
             "--expert-t", "2", "--out", str(out.with_name("w.mp4")))
     assert r.returncode == 2 and "--expert-t" in r.stderr and not out.with_name("w.mp4").exists()
+
+
+def test_extract_writes_the_attached_expert_back_out_in_fp32(tmp_path):
+    base = make_checkpoint(tmp_path / "base")
+    r = run("videodit.expert", "--checkpoint", str(base), "--extract", str(tmp_path / "none"))
+    assert r.returncode == 2 and "no low-noise expert" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "none").exists()
+    r = run("videodit.expert", "--checkpoint", str(base), "--extract", str(tmp_path / "x"), "--t", "0.5")
+    assert r.returncode == 2 and "--extract takes only --checkpoint" in r.stderr
+    # a deeper expert, attached in bf16: its own config (dit_low.yaml) and its weights come back, in float32
+    cfg = read_config(base)
+    cfg.model.depth += 1
+    deep = make_expert(tmp_path / "deep", cfg, t_max=0.6)
+    attach_expert(base, deep, 0.6, bf16=True)
+    r = run("videodit.expert", "--checkpoint", str(base), "--extract", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    got, stored = load_file(tmp_path / "out" / "dit.safetensors"), load_file(base / "dit_low.safetensors")
+    assert got.keys() == stored.keys()
+    assert all(v.dtype == torch.float32 and torch.equal(v, stored[k].float()) for k, v in got.items())
+    assert read_config(tmp_path / "out").model == cfg.model
+    # the extracted folder attaches again as the same expert, byte for byte
+    before = (base / "dit_low.safetensors").read_bytes()
+    attach_expert(base, tmp_path / "out", 0.6, bf16=True)
+    assert (base / "dit_low.safetensors").read_bytes() == before

@@ -9,6 +9,11 @@ An expert shaped otherwise (finer patches from `python -m videodit.repatch`, mor
 the same latents and text (model.in_channels, chunk_frames, text_dim); its config then goes to CKPT/dit_low.yaml.
 Every write goes to a temporary file first. `sample.py --expert-t 0` samples without the expert again. `--bf16`
 stores the expert's weights in bfloat16 (half the bytes; they are cast back to the model's dtype on load).
+
+    python -m videodit.expert --checkpoint checkpoints/tiny --extract runs/low_init
+
+goes the other way: the attached expert as a folder of its own (dit.safetensors in float32 + the config that shapes
+it), a `--train.init` to fine-tune it further or the `--expert` of another checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from videodit.checkpoint import (
     CheckpointError,
     atomic_save_state,
     bf16_state,
+    expert_config,
     load_dit,
     load_state,
     read_config,
@@ -62,18 +68,44 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     write_config(replace(cfg, sample=replace(cfg.sample, expert_t=t)), checkpoint)
 
 
+def extract_expert(checkpoint: str | Path, out: str | Path) -> None:
+    """Write checkpoint's low-noise expert to out/ as a DiT folder of its own: dit.safetensors with the floating-point
+    weights in float32 (a bf16-stored expert is cast back) and config.yaml, the config that shapes it."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not (checkpoint / "dit_low.safetensors").is_file():
+        raise CheckpointError(f"checkpoint '{checkpoint}' has no low-noise expert (dit_low.safetensors) to extract")
+    ecfg = expert_config(checkpoint)
+    state = load_state(checkpoint / "dit_low.safetensors")
+    load_dit(checkpoint, ecfg, "dit_low.safetensors", state=state)  # of the configured shape before anything is written
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    atomic_save_state(state, out / "dit.safetensors")
+    write_config(ecfg, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m videodit.expert", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="checkpoint folder to attach the expert to")
-    ap.add_argument("--expert", required=True, help="export folder of the expert (dit.safetensors + config.yaml)")
-    ap.add_argument("--t", type=float, required=True, help="noise level below which the expert samples")
+    ap.add_argument("--expert", help="export folder of the expert (dit.safetensors + config.yaml)")
+    ap.add_argument("--t", type=float, help="noise level below which the expert samples")
     ap.add_argument("--bf16", action="store_true", help="store the expert's weights in bfloat16 (half the size)")
+    ap.add_argument("--extract", metavar="OUT", help="instead: write the checkpoint's expert to OUT in float32")
     args = ap.parse_args(argv)
+    if args.extract is not None:
+        if args.expert is not None or args.t is not None or args.bf16:
+            ap.error("--extract takes only --checkpoint (it reads the expert already attached)")
+    elif args.expert is None or args.t is None:
+        ap.error("give --expert and --t to attach an expert, or --extract OUT to write the attached one out")
     try:
-        attach_expert(args.checkpoint, args.expert, args.t, args.bf16)
-    except (CheckpointError, ConfigError) as e:
+        if args.extract is not None:
+            extract_expert(args.checkpoint, args.extract)
+        else:
+            attach_expert(args.checkpoint, args.expert, args.t, args.bf16)
+    except (CheckpointError, ConfigError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.extract is not None:
+        print(f"wrote the low-noise expert of {args.checkpoint} to {args.extract} (float32)")
+        return 0
     print(f"attached {args.expert} to {args.checkpoint} as its low-noise expert below t = {args.t:g}")
     return 0
 

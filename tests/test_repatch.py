@@ -168,3 +168,17 @@ def test_cli_stores_bf16_that_loads_back_close(tmp_path, capsys):
         want, got = old(x, t, text, mask), half(x, t, text, mask)
     assert not torch.equal(got, want)  # the weights were rounded ...
     assert (got - want).norm() < 2e-2 * want.norm()  # ... to bf16's ~3 significant digits
+
+
+def test_cli_reads_a_bf16_checkpoint_back_in_fp32(tmp_path, capsys):
+    old, cfg = trained_like()
+    src = tmp_path / "src"
+    save_module(old, src / "dit.safetensors")
+    write_config(cfg, src)
+    assert main(["--checkpoint", str(src), "--bf16", "--out", str(tmp_path / "half")]) == 0
+    half = load_state(tmp_path / "half" / "dit.safetensors")
+    assert main(["--checkpoint", str(tmp_path / "half"), "--depth", str(cfg.model.depth + 1),
+                 "--out", str(tmp_path / "grown")]) == 0
+    grown = load_state(tmp_path / "grown" / "dit.safetensors")
+    assert {v.dtype for v in grown.values()} == {torch.float32}  # a float32 training init, not bf16 arithmetic
+    assert torch.equal(grown["blocks.0.mlp.0.weight"], half["blocks.0.mlp.0.weight"].float())

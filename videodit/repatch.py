@@ -25,6 +25,8 @@ stacking-style growth, e.g. Gong et al. 2019 and Chen et al. 2022, "bert2BERT").
 
 `--bf16` (alone or with the above) stores the weights in bfloat16: half the bytes, for shipping a checkpoint; they
 are cast back to the model's dtype on load (the low-noise expert's `python -m videodit.expert --bf16` does the same).
+A checkpoint stored so (the shipped one) is read back in float32 first: re-patching and growing compute in float32,
+and without `--bf16` the result is a float32 training init.
 
 Writes `dit.safetensors` + `config.yaml` to --out (use with `--train.init OUT
 --config OUT/config.yaml`); the VAE and text encoder stay where they are (`--train.vae`).
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --patch, --depth, --bf16 or several of them")
     try:
         cfg = read_config(args.checkpoint)
-        state = load_state(Path(args.checkpoint) / "dit.safetensors")
+        state = {k: v.float() if v.is_floating_point() else v  # a bf16-stored checkpoint: compute in float32
+                 for k, v in load_state(Path(args.checkpoint) / "dit.safetensors").items()}
         new_state, new_cfg = state, cfg
         if args.patch is not None:
             new_state, new_cfg = repatch_state(new_state, new_cfg, tuple(args.patch))

@@ -65,11 +65,16 @@ def test_grid_scale_must_be_positive():
         validate(Config(model=DiTConfig(rope_grid_scale=0.0)))
 
 
-def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+def saved_like(folder):
+    """trained_like()'s DiT and config, saved to folder as a checkpoint (dit.safetensors + config.yaml)."""
     old, cfg = trained_like()
-    src = tmp_path / "src"
-    save_module(old, src / "dit.safetensors")
-    write_config(cfg, src)
+    save_module(old, folder / "dit.safetensors")
+    write_config(cfg, folder)
+    return old, cfg, folder
+
+
+def test_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
+    old, cfg, src = saved_like(tmp_path / "src")
     assert main(["--checkpoint", str(src), "--patch", "1", "1", "1", "--out", str(tmp_path / "p1")]) == 0
     new = load_dit(tmp_path / "p1")
     x = torch.randn(1, 16, 4, 8, 8)
@@ -127,10 +132,7 @@ def test_grow_must_add_blocks():
 
 
 def test_cli_grows_and_repatches(tmp_path, capsys):
-    old, cfg = trained_like()
-    src = tmp_path / "src"
-    save_module(old, src / "dit.safetensors")
-    write_config(cfg, src)
+    old, cfg, src = saved_like(tmp_path / "src")
     assert main(["--checkpoint", str(src), "--depth", "3", "--out", str(tmp_path / "d3")]) == 0
     assert "grew 2 -> 3 blocks" in capsys.readouterr().out
     grown = load_dit(tmp_path / "d3").eval()
@@ -151,10 +153,7 @@ def test_cli_grows_and_repatches(tmp_path, capsys):
 
 
 def test_cli_stores_bf16_that_loads_back_close(tmp_path, capsys):
-    old, cfg = trained_like()
-    src = tmp_path / "src"
-    save_module(old, src / "dit.safetensors")
-    write_config(cfg, src)
+    old, cfg, src = saved_like(tmp_path / "src")
     assert main(["--checkpoint", str(src), "--bf16", "--out", str(tmp_path / "half")]) == 0
     assert "bfloat16" in capsys.readouterr().out
     assert {v.dtype for v in load_state(tmp_path / "half" / "dit.safetensors").values()} == {torch.bfloat16}
@@ -171,10 +170,7 @@ def test_cli_stores_bf16_that_loads_back_close(tmp_path, capsys):
 
 
 def test_cli_reads_a_bf16_checkpoint_back_in_fp32(tmp_path, capsys):
-    old, cfg = trained_like()
-    src = tmp_path / "src"
-    save_module(old, src / "dit.safetensors")
-    write_config(cfg, src)
+    old, cfg, src = saved_like(tmp_path / "src")
     assert main(["--checkpoint", str(src), "--bf16", "--out", str(tmp_path / "half")]) == 0
     half = load_state(tmp_path / "half" / "dit.safetensors")
     assert main(["--checkpoint", str(tmp_path / "half"), "--depth", str(cfg.model.depth + 1),

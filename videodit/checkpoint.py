@@ -49,9 +49,10 @@ def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
             os.remove(tmp)
 
 
-def bf16_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state with its floating-point tensors in bfloat16 (half the bytes on disk; `load_into` casts them back)."""
-    return {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The state with its floating-point tensors in `dtype`: bfloat16 to ship (half the bytes on disk; `load_into`
+    casts them back), float32 to read a bf16-stored file back for computing on it."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
 def save_module(module: nn.Module, path: str | Path) -> None:

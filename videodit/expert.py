@@ -23,10 +23,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from videodit.checkpoint import (
     CheckpointError,
     atomic_save_state,
-    bf16_state,
+    cast_state,
     expert_config,
     load_dit,
     load_state,
@@ -59,7 +61,7 @@ def attach_expert(checkpoint: str | Path, expert: str | Path, t: float, bf16: bo
     state = load_state(expert / "dit.safetensors")
     load_dit(expert, ecfg, state=state)  # of the configured shape before anything is written
     if bf16:
-        state = bf16_state(state)
+        state = cast_state(state, torch.bfloat16)
     atomic_save_state(state, checkpoint / "dit_low.safetensors")
     if ecfg.model != cfg.model:
         write_config(ecfg, checkpoint, "dit_low.yaml")
@@ -77,8 +79,7 @@ def extract_expert(checkpoint: str | Path, out: str | Path) -> None:
     ecfg = expert_config(checkpoint)
     state = load_state(checkpoint / "dit_low.safetensors")
     load_dit(checkpoint, ecfg, "dit_low.safetensors", state=state)  # of the configured shape before anything is written
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    atomic_save_state(state, out / "dit.safetensors")
+    atomic_save_state(cast_state(state, torch.float32), out / "dit.safetensors")
     write_config(ecfg, out)
 
 

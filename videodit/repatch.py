@@ -39,9 +39,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
-from videodit.checkpoint import CheckpointError, atomic_save_state, bf16_state, load_state, read_config, write_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, cast_state, load_state, read_config, write_config
 from videodit.config import Config, ConfigError, validate
 
 
@@ -120,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --patch, --depth, --bf16 or several of them")
     try:
         cfg = read_config(args.checkpoint)
-        state = {k: v.float() if v.is_floating_point() else v  # a bf16-stored checkpoint: compute in float32
-                 for k, v in load_state(Path(args.checkpoint) / "dit.safetensors").items()}
+        # a bf16-stored checkpoint (the shipped one) is re-patched and grown in float32
+        state = cast_state(load_state(Path(args.checkpoint) / "dit.safetensors"), torch.float32)
         new_state, new_cfg = state, cfg
         if args.patch is not None:
             new_state, new_cfg = repatch_state(new_state, new_cfg, tuple(args.patch))
         if args.depth is not None:
             new_state, new_cfg = grow_state(new_state, new_cfg, args.depth)
         if args.bf16:
-            new_state = bf16_state(new_state)
+            new_state = cast_state(new_state, torch.bfloat16)
         out = Path(args.out)  # both writers below create the folder
         atomic_save_state(new_state, out / "dit.safetensors")
         write_config(new_cfg, out)

@@ -16,7 +16,6 @@ from eval_sample import seam_args  # noqa: E402
 
 from videodit.checkpoint import read_config  # noqa: E402
 from videodit.data.evaluate import evaluate_videos, format_table  # noqa: E402
-from videodit.data.shapes import make_example  # noqa: E402
 from videodit.data.video_io import read_video  # noqa: E402
 
 
@@ -31,9 +30,8 @@ def median_k(v: np.ndarray, k: int) -> np.ndarray:
 
 run = Path(sys.argv[1])
 ks = [int(a) for a in sys.argv[2:]] or [1, 3, 5]
-seed = int(run.name.lstrip("s")) if run.name.lstrip("s").isdigit() else 1000
 paths = sorted(run.glob("[0-9][0-9][0-9].mp4"))
-prompts = [make_example(seed, int(p.stem), "heldout")[1] for p in paths]
+prompts = [v["prompt"] for v in json.loads((run / "report.json").read_text())["per_video"]]  # in path order
 seam = seam_args(read_config(ROOT / "checkpoints" / "tiny"))
 videos = [read_video(p) for p in paths]
 table, per = {}, {}

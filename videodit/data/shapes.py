@@ -7,7 +7,7 @@ object and its *initial* direction; the generator places objects so that they mo
 the first `NO_BOUNCE_SECONDS` without touching a wall, so the caption is literally true at the start of the
 clip. After a bounce the sign of a velocity component flips but its magnitude does not: a horizontal mover
 stays horizontal, a vertical one vertical and a diagonal one diagonal. The evaluator
-(`videodit.data.evaluate`) measures exactly these two things: the initial direction and the axis of motion.
+(`videodit.eval.shapes`) measures exactly these two things: the initial direction and the axis of motion.
 
 Everything is a pure function of a seed: clip `i` of split `s` uses `numpy.random.default_rng([seed, s, i])`,
 so any clip can be regenerated alone (on the fly for training, in any order, in parallel).

@@ -1,6 +1,6 @@
 """Prompt-following and long-video consistency of a checkpoint, measured with the pixel-only shapes evaluator.
 
-    python benchmarks/eval_sample.py [--checkpoint checkpoints/tiny] [--num 50] [--seconds 60]
+    python -m videodit.eval.sample [--checkpoint checkpoints/tiny] [--num 50] [--seconds 60]
 
 Prompts are captions of the held-out split (colour x shape x motion combinations that training never saw).
 Each is generated for --seconds, written to mp4 (the real output path, compression included) and scored:
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,12 +23,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from videodit.data.evaluate import evaluate_videos, format_table  # noqa: E402
-from videodit.data.shapes import make_example, render_clip  # noqa: E402
-from videodit.data.video_io import read_video, write_video  # noqa: E402
-from videodit.generate import Pipeline, Request, generate  # noqa: E402
+from videodit.data.shapes import make_example, render_clip
+from videodit.data.video_io import read_video, write_video
+from videodit.eval.shapes import evaluate_videos, format_table
+from videodit.generate import Pipeline, Request, generate
+
+# sampling flags of this evaluation -> the sample.* key they override; an omitted flag keeps the checkpoint's value
+SAMPLE_FLAGS = {
+    "steps": (int, "steps", "sampling steps"),
+    "cfg": (float, "cfg_scale", "guidance scale"),
+    "cfg-later": (float, "cfg_scale_later", "guidance for the chunks after the first"),
+    "cfg-low-t": (float, "cfg_low_t", "guidance interval: steps below this noise level use --cfg-low"),
+    "cfg-low": (float, "cfg_scale_low", "guidance below --cfg-low-t"),
+    "window": (int, "window_chunks", "recent chunks in the KV cache"),
+    "anchor": ("onoff", "anchor", "keep the first chunk in the cache"),
+    "context-noise": (float, "context_noise", "noise level at which finished chunks enter the cache"),
+    "history-guidance": (float, "history_guidance", "history guidance scale"),
+    "first-frame-first": ("onoff", "first_frame_first", "sample the first latent frame first"),
+    "best-of": (int, "best_of", "candidates per chunk, the model's text evidence picks one"),
+    "churn": (float, "churn", "stochastic sampling 0..1"),
+    "expert-t": (float, "expert_t", "low-noise expert below this noise level (0 = off)"),
+    "warm-start": (float, "warm_start", "later chunks start at this noise level from the frame before (0 = off)"),
+}
 
 _PIPES: dict[str, Pipeline] = {}
 
@@ -46,16 +61,15 @@ def seam_args(cfg) -> dict:
     return dict(chunk_frames=4 * cf, seam_offset=1 + 4 * (cf - 1), fps=cfg.data.fps)
 
 
-def _generate_one(job: tuple) -> Path:
-    (checkpoint, prompt, seconds, steps, cfg, cfg_later, low_t, cfg_low, window, anchor, context_noise, history, fff,
-     churn, best_of, expert_t, warm, seed, out) = job
-    onoff = {"on": True, "off": False}
-    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, steps=steps, cfg_scale=cfg, cfg_scale_later=cfg_later,
-                  cfg_low_t=low_t, cfg_scale_low=cfg_low,
-                  window_chunks=window, anchor=onoff.get(anchor), context_noise=context_noise,
-                  history_guidance=history, first_frame_first=onoff.get(fff), churn=churn, best_of=best_of,
-                  expert_t=expert_t, warm_start=warm, seed=seed)
+def generate_one(checkpoint: str, prompt: str, seconds: float, seed: int, out: str, overrides: dict) -> Path:
+    """One video of `prompt` into `out` with the checkpoint's sampling settings, `overrides` (sample.* key ->
+    value) on top. The only call into videodit.generate: adapt here when its API changes."""
+    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, seed=seed, **overrides)
     return generate(_PIPES[checkpoint], req, Path(out))
+
+
+def _generate_job(job: tuple) -> Path:
+    return generate_one(*job)
 
 
 @torch.no_grad()
@@ -69,27 +83,15 @@ def vae_round_trip(pipe: Pipeline, frames: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "tiny"))
+    ap = argparse.ArgumentParser(prog="python -m videodit.eval.sample", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default="checkpoints/tiny")
     ap.add_argument("--num", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--steps", type=int, default=0)
-    ap.add_argument("--cfg", type=float, default=-1.0)
-    ap.add_argument("--cfg-later", type=float, default=-1.0, help="guidance for the chunks after the first")
-    ap.add_argument("--cfg-low-t", type=float, default=-1.0, help="guidance interval: default: the checkpoint's")
-    ap.add_argument("--cfg-low", type=float, default=-1.0, help="guidance below --cfg-low-t; default: checkpoint's")
-    ap.add_argument("--window", type=int, default=-1, help="recent chunks in the KV cache; default: checkpoint's")
-    ap.add_argument("--anchor", choices=["on", "off"], default="", help="default: the checkpoint's")
-    ap.add_argument("--context-noise", type=float, default=-1.0, help="default: the checkpoint's")
-    ap.add_argument("--history-guidance", type=float, default=-1.0, help="default: the checkpoint's")
-    ap.add_argument("--first-frame-first", choices=["on", "off"], default="", help="default: the checkpoint's")
-    ap.add_argument("--best-of", type=int, default=0,
-                    help="candidates per chunk, the model's text evidence picks one; default: the checkpoint's")
-    ap.add_argument("--churn", type=float, default=-1.0, help="stochastic sampling 0..1; default: the checkpoint's")
-    ap.add_argument("--expert-t", type=float, default=-1.0,
-                    help="low-noise expert below this noise level (0 = off); default: the checkpoint's")
-    ap.add_argument("--warm-start", type=float, default=-1.0,
-                    help="later chunks start at this noise level from the frame before (0 = off)")
+    for flag, (kind, _, text) in SAMPLE_FLAGS.items():
+        if kind == "onoff":
+            ap.add_argument(f"--{flag}", choices=["on", "off"], help=f"{text}; default: the checkpoint's")
+        else:
+            ap.add_argument(f"--{flag}", type=kind, help=f"{text}; default: the checkpoint's")
     ap.add_argument("--objects", type=int, default=0,
                     help="only prompts with this many objects (the first --num of them; each keeps its seed)")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
@@ -115,9 +117,12 @@ def main() -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    jobs = [(args.checkpoint, p, args.seconds, args.steps, args.cfg, args.cfg_later, args.cfg_low_t, args.cfg_low,
-             args.window, args.anchor, args.context_noise, args.history_guidance, args.first_frame_first, args.churn,
-             args.best_of, args.expert_t, args.warm_start, args.seed + i, str(out_dir / f"{i:03d}.mp4"))
+    overrides = {}
+    for flag, (kind, key, _) in SAMPLE_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            overrides[key] = value == "on" if kind == "onoff" else value
+    jobs = [(args.checkpoint, p, args.seconds, args.seed + i, str(out_dir / f"{i:03d}.mp4"), overrides)
             for i, p in zip(index, prompts)]
     with contextlib.ExitStack() as stack:
         if args.jobs > 1:  # each worker loads the checkpoint once and takes an even share of the threads
@@ -128,10 +133,10 @@ def main() -> None:
             ex = stack.enter_context(ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                                          initializer=_init_worker,
                                                          initargs=(args.checkpoint, threads)))
-            results = ex.map(_generate_one, jobs)
+            results = ex.map(_generate_job, jobs)
         else:
             _PIPES[args.checkpoint] = pipe
-            results = map(_generate_one, jobs)
+            results = map(_generate_job, jobs)
         paths = list(tqdm(results, total=args.num, desc=f"generating {args.num} x {args.seconds:g} s", unit="video"))
     gen_s = time.time() - t0
 

@@ -1,7 +1,7 @@
 """The VAE's ceiling on the shapes evaluator, by object count: the ground-truth renders of held-out prompts,
 through mp4, the checkpoint's VAE (encode + decode) and mp4 again, scored like generated videos.
 
-    python benchmarks/vae_ceiling.py [--checkpoint checkpoints/tiny] [--seconds 20] [--seeds 1000,2000,3000]
+    python -m videodit.eval.vae_ceiling [--checkpoint checkpoints/tiny] [--seconds 20] [--seeds 1000,2000,3000]
 
 A DiT sampling this VAE's latents cannot be expected to beat these figures: they are what the decoder makes of
 the encoder's own latents. Prints one line per prompt set, then one JSON object (persistence, colour and shape
@@ -12,31 +12,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from eval_sample import seam_args, vae_round_trip  # noqa: E402
-
-from videodit.data.evaluate import evaluate_videos  # noqa: E402
-from videodit.data.shapes import make_example, render_clip  # noqa: E402
-from videodit.data.video_io import read_video, write_video  # noqa: E402
-from videodit.generate import Pipeline  # noqa: E402
+from videodit.data.shapes import make_example, render_clip
+from videodit.data.video_io import read_video, write_video
+from videodit.eval.sample import seam_args, vae_round_trip
+from videodit.eval.shapes import evaluate_videos
+from videodit.generate import Pipeline
 
 METRICS = ("persistence", "colour", "shape")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "tiny"))
+    ap = argparse.ArgumentParser(prog="python -m videodit.eval.vae_ceiling", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default="checkpoints/tiny")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each clip")
-    ap.add_argument("--seeds", default="1000,2000,3000", help="held-out prompt sets (eval_sample.py --seed)")
+    ap.add_argument("--seeds", default="1000,2000,3000", help="held-out prompt sets (videodit.eval.sample --seed)")
     ap.add_argument("--num", type=int, default=50, help="prompts per set")
     args = ap.parse_args()
 

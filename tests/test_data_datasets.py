@@ -4,7 +4,7 @@ import torch
 
 from videodit.data.datasets import BucketBatchSampler, ClipDataset, ShapesDataset, collate, resize_crop
 from videodit.data.shapes import generate, make_example, render_clip
-from videodit.data.video_io import DataError
+from videodit.video_io import DataError
 
 
 def test_bucket_sampler_one_shape_per_batch_and_disjoint_ranks():

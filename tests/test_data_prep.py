@@ -7,7 +7,7 @@ import pytest
 from videodit.data import prep as prep_mod
 from videodit.data.cli import main as data_main
 from videodit.data.prep import prep, read_manifest
-from videodit.data.video_io import write_video
+from videodit.video_io import write_video
 
 
 def moving(t, size=64, bg=20, colour=(230, 40, 40), speed=3):

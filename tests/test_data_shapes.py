@@ -18,7 +18,7 @@ from videodit.data.shapes import (
     render_clip,
     sample_spec,
 )
-from videodit.data.video_io import probe
+from videodit.video_io import probe
 
 
 def test_deterministic_for_a_seed():

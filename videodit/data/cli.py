@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from videodit.data.video_io import DataError
+from videodit.video_io import DataError
 
 
 def _size(text: str) -> int | tuple[int, int]:

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from videodit.data.prep import read_manifest
 from videodit.data.shapes import P_TWO, make_example, render_clip
-from videodit.data.video_io import DataError, read_video
+from videodit.video_io import DataError, read_video
 
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:

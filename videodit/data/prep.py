@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videodit.data.video_io import (
+from videodit.video_io import (
     VIDEO_EXTENSIONS,
     DataError,
     VideoError,

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from videodit.data.video_io import DataError, temp_path_for, write_video
+from videodit.video_io import DataError, temp_path_for, write_video
 
 # Palette, well separated in RGB (closest pair: yellow/orange, 100 levels apart); backgrounds are dark or grey
 # and at least 120 levels from every palette colour, so a pixel's nearest palette colour is unambiguous.

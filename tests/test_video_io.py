@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from videodit.data import video_io
-from videodit.data.video_io import VideoError, VideoWriter, iter_frames, probe, read_video, to_uint8, write_video
+from videodit import video_io
+from videodit.video_io import VideoError, VideoWriter, iter_frames, probe, read_video, to_uint8, write_video
 
 HAVE_DECORD = video_io._have_decord()
 

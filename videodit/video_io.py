@@ -350,7 +350,7 @@ class VideoWriter:
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise VideoError(
                 f"VideoWriter.write takes uint8 RGB frames (t, H, W, 3), got {frames.dtype} {tuple(frames.shape)}"
-                " (convert float videos with videodit.data.video_io.to_uint8)"
+                " (convert float videos with videodit.video_io.to_uint8)"
             )
         if self._container is None:
             self._open(frames.shape[1], frames.shape[2])

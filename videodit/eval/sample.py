@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from videodit.data.shapes import make_example, render_clip
-from videodit.data.video_io import read_video, write_video
 from videodit.eval.shapes import evaluate_videos, format_table
 from videodit.generate import Pipeline, Request, generate
+from videodit.video_io import read_video, write_video
 
 # sampling flags of this evaluation -> the sample.* key they override; an omitted flag keeps the checkpoint's value
 SAMPLE_FLAGS = {

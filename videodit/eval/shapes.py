@@ -64,7 +64,7 @@ from videodit.data.shapes import (
     parse_objects,
     render_clip,
 )
-from videodit.data.video_io import VIDEO_EXTENSIONS, DataError, VideoError, probe, read_video, to_uint8, write_video
+from videodit.video_io import VIDEO_EXTENSIONS, DataError, VideoError, probe, read_video, to_uint8, write_video
 
 COLOUR_TOL = 90.0  # RGB distance within which a pixel belongs to a palette colour (closest pair: ~100 apart)
 WINDOW = 0.15  # fraction of the video in each drift window (at least one second)

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from videodit.data.shapes import make_example, render_clip
-from videodit.data.video_io import read_video, write_video
 from videodit.eval.sample import seam_args, vae_round_trip
 from videodit.eval.shapes import evaluate_videos
 from videodit.generate import Pipeline
+from videodit.video_io import read_video, write_video
 
 METRICS = ("persistence", "colour", "shape")
 

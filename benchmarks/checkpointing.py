@@ -15,16 +15,13 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("none", "full", "save_matmuls")
 
 
 def one(policy: str, args) -> dict:
-    sys.path.insert(0, str(ROOT))
     from videodit.config import DIT_PRESETS, DiTConfig
     from videodit.dit import DiT
     from videodit.flow import flow_loss

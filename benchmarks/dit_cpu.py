@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from videodit.config import DIT_PRESETS, DiTConfig  # noqa: E402
-from videodit.dit import DiT  # noqa: E402
+from videodit.config import DIT_PRESETS, DiTConfig
+from videodit.dit import DiT
 
 
 def timeit(fn, repeats: int) -> float:

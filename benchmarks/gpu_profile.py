@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from videodit.config import DIT_PRESETS, DiTConfig  # noqa: E402
-from videodit.dit import DiT  # noqa: E402
-from videodit.flow import flow_loss  # noqa: E402
-from videodit.speed import compile_blocks  # noqa: E402
+from videodit.config import DIT_PRESETS, DiTConfig
+from videodit.dit import DiT
+from videodit.flow import flow_loss
+from videodit.speed import compile_blocks
 
 
 def profile(preset: str, temporal: str, compiled: bool, rows: int) -> None:

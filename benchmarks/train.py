@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
+from _util import count_flops, matmul_ceiling, median_time
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import count_flops, matmul_ceiling, median_time  # noqa: E402
-
-from videodit.config import DIT_PRESETS, DiTConfig  # noqa: E402
-from videodit.dit import DiT  # noqa: E402
-from videodit.flow import flow_loss  # noqa: E402
+from videodit.config import DIT_PRESETS, DiTConfig
+from videodit.dit import DiT
+from videodit.flow import flow_loss
 
 
 def make_step(preset: str, batch: int, frames: int, latent: int, device: torch.device, bf16: bool):

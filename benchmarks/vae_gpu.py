@@ -3,7 +3,8 @@ and on, against diffusers' `AutoencoderKLWan` built at the same width and compre
 
     python benchmarks/vae_gpu.py [--frames 49] [--size 256] [--preset full] [--profile OUT.txt]
 
-Default shape: the issue's, 49 frames at 256x256 in bf16, the `full` preset (Wan 2.1's layout at base width 128).
+Default shape: the issue's, 49 frames at 256x256 in bf16, the `full` preset (base width 128; the
+Wan-architecture VAE is built at that width, not at Wan 2.1's released 96).
 Before the whole decoder it times its parts at the decoder's three large shapes: a 3x3x3 causal conv as cuDNN's
 3D conv (channels-last and contiguous) and folded into one 2D conv; the x2 up-sampling as nearest + 3x3 conv and
 as the equivalent transposed conv; the RMSNorm + SiLU pair as it was (an fp32 copy), as it is, and compiled into
@@ -18,19 +19,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _util import count_flops, matmul_ceiling, median_time, wan_vae_like
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import count_flops, matmul_ceiling, median_time, wan_vae_like  # noqa: E402
-
-from videodit.config import VAE_PRESETS, VAEConfig  # noqa: E402
-from videodit.vae import KERNELS, VideoVAE, _folded_conv, _up_as_transposed, decode_video  # noqa: E402
+from videodit.config import VAE_PRESETS, VAEConfig
+from videodit.vae import KERNELS, VideoVAE, _folded_conv, _up_as_transposed, decode_video
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

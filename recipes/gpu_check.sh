@@ -4,19 +4,22 @@
 #   1. `videodit-data cache --shapes`: procedural clips rendered by DataLoader workers, encoded on the GPU by
 #      the shipped VAE and text encoder (checkpoints/tiny) into shards on local disk;
 #   2. benchmarks/gpu.py: matmul ceiling, xl training step (eager / compiled / dense temporal) vs Latte
-#      (eager / compiled), VAE vs Wan at 49x256x256 bf16, 60 s sampling with `base`, bf16 vs fp32;
+#      (eager / compiled), VAE vs a Wan-architecture VAE of the same width at 49x256x256 bf16, 60 s sampling
+#      with `base`, bf16 vs fp32;
 #   3. train.py with DeepSpeed ZeRO-2, bf16 and NCCL on one GPU (a short run on those shards);
 #   4. the shipped DiT fine-tuned from checkpoints/tiny on the shards (bf16 autocast, workers prefetching),
 #      its step count sized by a short probe to end inside the budget; the export lands in OUT/.
 #   5. optionally (VAE_STEPS > 0), at the same time on the same GPU: a decoder-only fine-tune of the shipped VAE
 #      on procedural clips rendered on the fly (the encoder, so the latents the DiT sees, stay bit-identical).
-# Usage: bash benchmarks/gpu_check.sh OUT_DIR [BUDGET_S] [CLIPS]   (wheels in .whl/ are installed first)
+# Usage, from the repository root: bash recipes/gpu_check.sh OUT_DIR [BUDGET_S] [CLIPS]
+#   (wheels in .whl/ are installed first)
 #   BENCH=0 skips steps 2-3 (a session that only trains: the rest of the budget goes to step 4);
 #   BATCH (256) and PROBE (120 steps) size the fine-tune; STEPS=N skips the probe and trains N steps (stopped
 #   early by SIGTERM, which checkpoints, if the budget runs out); TEXT=FOLDER caches and trains with that text
 #   encoder (e.g. one from `python -m videodit.text_encoder OUT --tokenizer words`); EXTRA adds train.py options;
-#   VAE_STEPS / VAE_BATCH (32) size step 5. VAEBENCH=1 first runs benchmarks/vae_gpu.py (every VAE kernel choice vs
-#   Wan; log and kernel profile in OUT/). CONFIG (configs/tiny.yaml) is the config the fine-tune starts from (e.g.
+#   VAE_STEPS / VAE_BATCH (32) size step 5. VAEBENCH=1 first runs benchmarks/vae_gpu.py (every VAE kernel choice
+#   vs the Wan-architecture VAE; log and kernel profile in OUT/). CONFIG (configs/tiny.yaml) is the config the
+#   fine-tune starts from (e.g.
 #   checkpoints/tiny/config.yaml to keep the shipped model's settings); SHORT=N also caches N 9-frame clips and
 #   trains on both lengths (each batch from one); LONG=N also caches N 129-frame clips (what
 #   flow.anchor_gap_prob cuts; pass it in EXTRA); SEED (0) seeds the procedural clips. INIT (checkpoints/tiny) is the

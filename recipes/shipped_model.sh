@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The training chain that produced the shipped checkpoints/tiny, stage by stage: a record, not a quick start.
 #
-# It reproduces checkpoints/tiny (overwriting it) in roughly 15-20 hours on a 2-core CPU, plus three GPU stages
-# that were run on one H100 (each a few minutes there; ~7 hours each on the CPU): the 16,000-clip DiT fine-tune,
-# and the two `recipes/gpu_check.sh` sessions (word-level T5 + fourth decoder-only VAE stage; first-chunk vector).
+# It reproduces checkpoints/tiny (overwriting it): about 15 hours on a 2-core CPU, plus three GPU stages run on
+# one H100 (minutes each there; on the CPU ~20 samples/s, e.g. ~7 hours for the first one's 1,900 x 256 samples):
+# the 16,000-clip DiT fine-tune and the two `recipes/gpu_check.sh` sessions (word-level T5 beside a fourth
+# decoder-only VAE stage; the first-chunk vector).
 # Stage times and figures: docs/ and experiments/LOG.md. Intermediate runs go to runs/.
 # One difference from the original run: the first VAE stage's export was its raw weights at step 2000, not its
 # EMA (the EMA then had no warm-up); the EMA now warms up, so a rerun exports a usable EMA.

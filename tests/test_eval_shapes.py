@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from videodit.data.shapes import BACKGROUNDS, COLOURS, generate, make_example, render_clip
 from videodit.eval.shapes import controls, evaluate_video, evaluate_videos, largest_component, seam_ratio
 from videodit.eval.shapes import main as eval_main
-from videodit.data.shapes import BACKGROUNDS, COLOURS, generate, make_example, render_clip
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -11,9 +13,9 @@ from videodit.data.cli import main as data_main
 from videodit.data.datasets import BucketBatchSampler, ShardDataset, collate, load_window
 from videodit.data.prep import read_manifest
 from videodit.data.shapes import generate
-from videodit.data.video_io import DataError
 from videodit.text_encoder import TextEncoder
 from videodit.vae import VideoVAE, encode_video
+from videodit.video_io import DataError
 
 KW = dict(frames=[5], size=32, fps=8, shard_size=4, batch_size=4, progress=False)
 
@@ -41,7 +43,7 @@ def files(d):
 def test_uninterrupted_run(setup):
     _, _, _, full, summary = setup
     # 7 clips x 2 windows of 5 frames = 14 samples in shards of 4
-    assert summary == dict(planned=4, mine=4, skipped=0, encoded=4, too_short=0, index=True)
+    assert summary == dict(planned=4, mine=4, skipped=0, encoded=4, too_short=0, bad={}, index=True)
     index = json.loads((full / "index.json").read_text())
     assert [s["num"] for s in index["shards"]] == [4, 4, 4, 2] and index["num"] == 14
     assert not list(full.glob(".*"))  # no temporary files left
@@ -171,3 +173,114 @@ def test_cache_shapes_share_of_two_object_clips(setup, capsys):
     assert data_main(args + ["--out", str(root / "two"), "--p-two", "1"]) == 0
     captions = [ShardDataset(root / "two")[i]["caption"] for i in range(3)]
     assert captions == [make_example(0, i, "train", 1.0)[1] for i in range(3)]
+
+
+def _manifest(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_manifests(setup):
+    """The 7 clips with row 2's file missing and row 5's file random bytes named .mp4; and the 5 good ones."""
+    root, manifest, _, _, _ = setup
+    rows = read_manifest(manifest)  # absolute paths
+    corrupt = root / "bad" / "corrupt.mp4"
+    corrupt.parent.mkdir(parents=True, exist_ok=True)
+    corrupt.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy())
+    rows[2]["path"] = str(root / "bad" / "missing.mp4")
+    rows[5]["path"] = str(corrupt)
+    good = [r for j, r in enumerate(rows) if j not in (2, 5)]
+    return _manifest(root / "bad" / "clips.jsonl", rows), _manifest(root / "bad" / "good.jsonl", good), rows
+
+
+def _by_clip(folder):
+    """(path, start) -> dataset item, from index.json's clips in the order ShardDataset reads them."""
+    index = json.loads((folder / "index.json").read_text())
+    keys = [(c["path"], c["start"]) for s in index["shards"] for c in s["clips"]]
+    ds = ShardDataset(folder)
+    assert len(keys) == len(ds) == index["num"]
+    return {k: ds[i] for i, k in enumerate(keys)}
+
+
+def test_bad_clips_skipped_listed_and_resumable(setup, bad_manifests, capsys):
+    """A missing and a corrupt clip among good ones: exit 0, both in skipped.jsonl with their reason, the summary
+    counts them, the shards hold exactly the good clips (latents and text as a run over the good clips alone),
+    and an interrupted run resumes to the same files."""
+    root, _, ckpt, _, _ = setup
+    manifest, good_manifest, rows = bad_manifests
+    out, ref = root / "bad" / "out", root / "bad" / "ref"
+    args = ["cache", str(manifest), "--vae", str(ckpt), "--out", str(out), "--frames", "5", "--size", "32",
+            "--shard-size", "4"]  # fmt: skip
+    assert data_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 clips skipped (1 missing, 1 unreadable)" in printed and "skipped.jsonl" in printed
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["row"], s["path"], s["reason"]) for s in skipped] == [
+        (2, rows[2]["path"], "missing"), (5, rows[5]["path"], "unreadable")]  # fmt: skip
+    assert all(s["starts"] == [0.0, 0.625] and rows[s["row"]]["path"] in s["error"] for s in skipped)
+
+    assert cache(good_manifest, ckpt, ref, **KW)["bad"] == {}
+    got, want = _by_clip(out), _by_clip(ref)
+    assert len(got) == 10 and got.keys() == want.keys()  # 5 good clips x 2 windows, no holes
+    for k in want:
+        assert torch.allclose(got[k]["latents"], want[k]["latents"], atol=1e-6)
+        assert torch.allclose(got[k]["text_emb"], want[k]["text_emb"], atol=1e-5)
+        assert got[k]["caption"] == want[k]["caption"]
+
+    # interrupted after one shard, then resumed: the same files as the uninterrupted run
+    resumed = root / "bad" / "resumed"
+    assert cache(manifest, ckpt, resumed, max_shards=1, **KW)["index"] is False
+    assert not (resumed / "skipped.jsonl").exists()
+    again = cache(manifest, ckpt, resumed, **KW)
+    assert (again["skipped"], again["encoded"], again["bad"]) == (1, 3, {"missing": 1, "unreadable": 1})
+    assert files(resumed) == files(out)
+
+
+def _error_lines(capsys):  # stderr without the progress bars
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("videodit-data")]
+
+
+def test_on_error_stop_and_all_clips_bad(setup, bad_manifests, capsys):
+    """--on-error stop: exit 2 at the first bad clip, one line naming it, no index. Every clip bad: exit 2 with
+    the counts, skipped.jsonl, no index."""
+    root, _, ckpt, _, _ = setup
+    manifest, _, rows = bad_manifests
+    args = ["cache", str(manifest), "--vae", str(ckpt), "--frames", "5", "--size", "32", "--shard-size", "4"]
+    out = root / "bad" / "strict"
+    assert data_main(args + ["--out", str(out), "--on-error", "stop"]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "manifest row 2" in err[0] and rows[2]["path"] in err[0]
+    assert not (out / "index.json").exists() and not (out / "skipped.jsonl").exists()
+
+    only_bad = _manifest(root / "bad" / "only_bad.jsonl", [rows[2], rows[5]])
+    out = root / "bad" / "all_bad"
+    assert data_main(["cache", str(only_bad)] + args[2:] + ["--out", str(out)]) == 2
+    err = _error_lines(capsys)
+    assert len(err) == 1 and "no clip could be read (1 missing, 1 unreadable" in err[0]
+    assert not (out / "index.json").exists() and len((out / "skipped.jsonl").read_text().splitlines()) == 2
+
+
+def _modes(folder):
+    return {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_follow_the_umask(setup, bad_manifests, tmp_path, umask):
+    """Everything `shapes`, `prep` and `cache` write is 0666 / 0777 less the umask (no 0600 temp-file modes)."""
+    from videodit.data.prep import prep
+
+    _, _, ckpt, _, _ = setup
+    manifest, _, _ = bad_manifests
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    old = os.umask(umask)
+    try:
+        shapes = generate(tmp_path / "shapes", num=2, seconds=None, fps=8, size=32, seed=0, frames=5, progress=False)
+        prep(shapes.parent, tmp_path / "prep" / "clips.jsonl", min_frames=5, min_size=16, progress=False)
+        cache(manifest, ckpt, tmp_path / "cache", **KW)  # with skipped.jsonl and a shard without tensors
+    finally:
+        os.umask(old)
+    modes = _modes(tmp_path)
+    assert {"cache/skipped.jsonl", "cache/index.json", "prep/clips.files.jsonl", "shapes/manifest.jsonl"} <= set(modes)
+    assert {k: m for k, m in modes.items() if m != (dir_mode if (tmp_path / k).is_dir() else file_mode)} == {}

@@ -21,6 +21,13 @@ name and renamed into place:
 with the captions and source clips in its metadata and in `index.json`. A finished shard is never redone, so
 an interrupted run, run again, produces the same files as an uninterrupted one. `index.json` appears when the
 last shard is done (written by whichever rank finishes last; rerunning any rank also writes it).
+
+A clip that cannot be read (a missing file, a damaged video, no frames where the manifest says) is left out of
+its shard and recorded in the shard's metadata (`--on-error skip`, the default), so a shard holds only good
+clips, its latents and text embeddings stay paired, and a rerun gives the same files. With `index.json` comes
+`skipped.jsonl`: one line per skipped clip (manifest row, path, reason, error, the windows lost). A shard all
+of whose clips failed is a file with no tensors, left out of the index. `--on-error stop` stops at the first
+bad clip instead. If no clip at all could be read, no index is written and the run fails.
 """
 
 from __future__ import annotations
@@ -36,9 +43,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from videodit.data.datasets import _hw, load_window, to_tensor
 from videodit.data.prep import read_manifest
-from videodit.data.video_io import DataError, temp_path_for
+from videodit.video_io import DataError, VideoError, temp_path_for
 
 INDEX_VERSION = 1
+ON_ERROR = ("skip", "stop")
+
+
+class ClipError(DataError):
+    """Clips that could not be read: the first one under `--on-error stop`, or every one of them."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -79,7 +93,8 @@ class _Windows(Dataset):
     def __len__(self) -> int:
         return len(self.plan.samples)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, tuple[str, str] | None]:
+        """-> (video (3, T, H, W), None), or (None, (reason, message)) for a clip that cannot be read."""
         j, start = self.plan.samples[i]
         row = self.rows[j]
         if "shapes" in row:  # a procedural clip: rendered, not decoded
@@ -87,8 +102,21 @@ class _Windows(Dataset):
 
             seed, split, index, *p_two = row["shapes"]  # p_two: rows written before it existed lack it
             spec, _ = make_example(seed, index, split, *p_two)
-            return to_tensor(render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames))
-        return load_window(row, start, self.plan.frames, self.size, self.fps)  # (3, T, H, W)
+            return to_tensor(render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames)), None
+        try:
+            return load_window(row, start, self.plan.frames, self.size, self.fps), None
+        except (DataError, OSError) as e:  # the user's data, not our code: the caller skips or stops
+            return None, (_reason(row, e), " ".join(str(e).split()))
+
+
+def _reason(row: dict, e: Exception) -> str:
+    if not os.path.isfile(row["path"]):
+        return "missing"
+    return "unreadable" if isinstance(e, (VideoError, OSError)) else "no frames"
+
+
+def _unbatched(batch: list) -> list:  # DataLoader collate_fn: the loop sorts good clips from bad ones itself
+    return batch
 
 
 def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train", p_two: float | None = None
@@ -151,14 +179,94 @@ def _atomic_json(path: Path, obj) -> None:
             os.remove(tmp)
 
 
-def _shard_ok(path: Path, num: int) -> bool:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = temp_path_for(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _shard_info(path: Path) -> dict | None:
+    """A finished shard's metadata: clips, captions, skipped ([row, start, reason, message] per window left out),
+    plus num (latent rows), latent_shape and text_len; None for a missing or damaged file."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return f.get_slice("latents").get_shape()[0] == num and {"text_emb", "text_mask"} <= set(f.keys())
+            info = json.loads(f.metadata()["videodit"])
+            keys = set(f.keys())
+            info.setdefault("skipped", [])  # shards written before clips could be skipped
+            info["num"] = f.get_slice("latents").get_shape()[0] if "latents" in keys else 0
+            if info["num"]:
+                if not {"text_emb", "text_mask"} <= keys:
+                    return None
+                info["latent_shape"] = f.get_slice("latents").get_shape()[1:]
+                info["text_len"] = f.get_slice("text_emb").get_shape()[1]
+            return info
     except Exception:  # a damaged file: redo it
-        return False
+        return None
+
+
+def _shard_ok(path: Path, plan: ShardPlan) -> bool:
+    info = _shard_info(path)
+    return (
+        info is not None
+        and info["num"] == len(info["clips"]) == len(info["captions"])
+        and len(info["clips"]) + len(info["skipped"]) == len(plan.samples)
+    )
+
+
+def skipped_clips(out: Path, rows: list[dict], plans: list[ShardPlan]) -> list[dict]:
+    """One dict per manifest row with windows left out of the finished shards (row, path, reason, error, starts)."""
+    bad: dict[int, dict] = {}
+    for p in plans:
+        info = _shard_info(out / p.name) if (out / p.name).is_file() else None
+        for j, start, reason, message in info["skipped"] if info else []:
+            entry = bad.setdefault(j, dict(row=j, path=rows[j]["path"], reason=reason, error=message, starts=[]))
+            entry["starts"].append(start)
+    return [bad[j] for j in sorted(bad)]
+
+
+def _encode_shard(rows, plan, hw, fps, model, text, store, device, batch_size, workers, on_error, bar
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """One shard's tensors and metadata: the good clips of `plan`, in order; bad ones skipped or ClipError."""
+    from videodit.vae import encode_video
+
+    loader = DataLoader(_Windows(rows, plan, hw, fps), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_unbatched)  # fmt: skip
+    latents, good, skipped = [], [], []
+    for batch in loader:  # [(video (3, T, H, W) or None, error or None)] * b
+        videos = []
+        for (video, error), (j, start) in zip(batch, plan.samples[len(good) + len(skipped) :]):
+            if error is None:
+                videos.append(video)
+                good.append((j, start))
+                continue
+            if on_error == "stop":
+                raise ClipError(f"manifest row {j}: {error[1]} (--on-error skip leaves such clips out)")
+            skipped.append((j, start, *error))
+        if videos:
+            with torch.no_grad():
+                latents.append(encode_video(model, torch.stack(videos).to(device)).to(store).cpu())  # (b, C, t, h, w)
+        bar.update(len(batch))
+    captions = [rows[j].get("caption", "") for j, _ in good]
+    tensors = {}
+    if good:  # else a file with no tensors: the shard is done, and holds nothing
+        emb, mask = _encode_text(text, captions, batch_size)
+        tensors = dict(latents=torch.cat(latents).contiguous(), text_emb=emb.to(store), text_mask=mask)
+    # one metadata key: safetensors does not keep the order of several, and shards must be reproducible
+    info = dict(captions=captions, clips=good) | (dict(skipped=skipped) if skipped else {})
+    return tensors, {"videodit": json.dumps(info)}
 
 
 def dist_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -191,14 +299,16 @@ def cache(
     shapes: int = 0,
     seed: int = 0,
     p_two: float | None = None,
+    on_error: str = "skip",
 ) -> dict:
     """Encode this rank's shards (of `manifest`'s clips, or of `shapes` procedural clips with `seed`).
-    -> summary dict (shards planned / done now / skipped, index written)."""
+    on_error: "skip" leaves unreadable clips out (listed in skipped.jsonl), "stop" raises ClipError at the first.
+    -> summary dict (shards planned / done now / skipped because already done, clips too short, bad clips by
+    reason in the finished shards, index written)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
     from videodit.checkpoint import CheckpointError, load_vae
-    from videodit.vae import encode_video
 
     frames = sorted(set(int(f) for f in frames))
     if any(f < 1 or (f - 1) % 4 for f in frames):
@@ -211,6 +321,8 @@ def cache(
     store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if store is None:
         raise DataError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
+    if on_error not in ON_ERROR:
+        raise DataError(f"--on-error must be skip or stop, got '{on_error}'")
     rank, world = dist_env(rank, world_size)
     if not (Path(vae) / "vae.safetensors").is_file():
         raise DataError(f"--vae '{vae}': checkpoint not found (a folder with config.yaml and vae.safetensors)")
@@ -252,7 +364,7 @@ def cache(
     for p in mine:  # temp files left by a killed run of this rank
         for stale in out.glob(f".{p.name}.*.tmp"):
             stale.unlink()
-    todo = [p for p in mine if not _shard_ok(out / p.name, len(p.samples))]
+    todo = [p for p in mine if not _shard_ok(out / p.name, p)]
     if max_shards is not None:
         todo = todo[:max_shards]
     summary = dict(planned=len(plans), mine=len(mine), skipped=len(mine) - len(todo), encoded=0, too_short=too_short)
@@ -267,46 +379,47 @@ def cache(
             raise DataError(str(e)) from e
         bar = tqdm(total=sum(len(p.samples) for p in todo), desc=f"cache rank {rank}", unit="clip",
                    disable=not progress)  # fmt: skip
-        for p in todo:
-            captions = [rows[j].get("caption", "") for j, _ in p.samples]
-            loader = DataLoader(_Windows(rows, p, hw, fps), batch_size=batch_size, num_workers=workers)
-            latents = []
-            for video in loader:  # (b, 3, T, H, W)
-                with torch.no_grad():
-                    latents.append(encode_video(model, video.to(device)).to(store).cpu())
-                bar.update(len(video))
-            emb, mask = _encode_text(text, captions, batch_size)
-            tensors = dict(latents=torch.cat(latents).contiguous(), text_emb=emb.to(store), text_mask=mask)
-            # one metadata key: safetensors does not keep the order of several, and shards must be reproducible
-            meta = {"videodit": json.dumps(dict(captions=captions, clips=p.samples))}
-            tmp = temp_path_for(out / p.name)
-            try:
-                save_file(tensors, tmp, metadata=meta)
-                os.replace(tmp, out / p.name)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-            summary["encoded"] += 1
-        bar.close()
-    summary["index"] = write_index(out, rows, plans)
+        try:
+            for p in todo:
+                tensors, meta = _encode_shard(rows, p, hw, fps, model, text, store, device, batch_size, workers,
+                                              on_error, bar)  # fmt: skip
+                tmp = temp_path_for(out / p.name)
+                try:
+                    save_file(tensors, tmp, metadata=meta)
+                    os.chmod(tmp, 0o666 & ~_umask())  # save_file makes its own file, 0600, not temp_path_for's
+                    os.replace(tmp, out / p.name)
+                finally:
+                    if os.path.exists(tmp):
+                        os.remove(tmp)
+                summary["encoded"] += 1
+        finally:
+            bar.close()  # before an error message, not after it
+    bad = skipped_clips(out, rows, plans)
+    summary["bad"] = {r: sum(b["reason"] == r for b in bad) for r in sorted({b["reason"] for b in bad})}
+    summary["index"] = write_index(out, rows, plans, bad)
     return summary
 
 
-def write_index(out: Path, rows: list[dict], plans: list[ShardPlan]) -> bool:
-    """Write index.json if every planned shard exists; -> whether it was written."""
-    from safetensors import safe_open
-
+def write_index(out: Path, rows: list[dict], plans: list[ShardPlan], bad: list[dict]) -> bool:
+    """Write index.json (the shards holding clips) and skipped.jsonl (`bad`, from skipped_clips) if every planned
+    shard exists; -> whether it was written. Raises ClipError, writing no index, if no clip could be read."""
     if not all((out / p.name).is_file() for p in plans):
         return False
     shards = []
     for p in plans:
-        with safe_open(str(out / p.name), framework="pt") as f:
-            shape = f.get_slice("latents").get_shape()
-            text_len = f.get_slice("text_emb").get_shape()[1]
+        info = _shard_info(out / p.name)
+        if info is None:
+            raise DataError(f"shard '{out / p.name}' is damaged: delete it and rerun the cache command")
+        if not info["num"]:  # every clip of this shard failed
+            continue
         shards.append(
-            dict(file=p.name, num=len(p.samples), frames=p.frames, latent_shape=list(shape[1:]), text_len=text_len,
-                 captions=[rows[j].get("caption", "") for j, _ in p.samples],
-                 clips=[dict(path=rows[j]["path"], start=s) for j, s in p.samples])
+            dict(file=p.name, num=info["num"], frames=p.frames, latent_shape=list(info["latent_shape"]),
+                 text_len=info["text_len"], captions=info["captions"],
+                 clips=[dict(path=rows[j]["path"], start=s) for j, s in info["clips"]])
         )  # fmt: skip
+    _write_jsonl(out / "skipped.jsonl", bad)
+    if not shards:
+        counts = ", ".join(f"{sum(b['reason'] == r for b in bad)} {r}" for r in sorted({b["reason"] for b in bad}))
+        raise ClipError(f"no clip could be read ({counts}; first: {bad[0]['error']}); see {out / 'skipped.jsonl'}")
     _atomic_json(out / "index.json", dict(version=INDEX_VERSION, num=sum(s["num"] for s in shards), shards=shards))
     return True

@@ -3,6 +3,7 @@
     videodit-data shapes --out data/shapes --num 1000 [--frames 17 | --seconds S] --fps 8 --size 64 --seed 0
     videodit-data prep RAW_DIR --out clips.jsonl [--captions captions.csv] [--clip-seconds 4]
     videodit-data cache clips.jsonl --vae CKPT [--text-encoder PATH] --out shards/ [--rank R --world-size W]
+                        [--on-error skip|stop]   (skip: bad clips are left out, listed in shards/skipped.jsonl)
     videodit-data cache --shapes 4000 --frames 33 --vae CKPT --out shards/   (procedural clips, no mp4 files)
 
 `python -m videodit.data ...` is the same command.
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding clips")
     p.add_argument("--max-length", type=int, help="text tokens kept (default: the encoder's config)")
     p.add_argument("--max-shards", type=int, help="stop after this many shards (the rest on a later run)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="a missing or unreadable clip: skip it (listed in OUT/skipped.jsonl) or stop the run")
     return parser
 
 
@@ -105,11 +108,14 @@ def run(args: argparse.Namespace) -> None:
             fps=args.fps, shard_size=args.shard_size, batch_size=args.batch_size, rank=args.rank,
             world_size=args.world_size, device=args.device, dtype=args.dtype, workers=args.workers,
             max_length=args.max_length, max_shards=args.max_shards, shapes=args.shapes, seed=args.seed,
-            p_two=args.p_two,
+            p_two=args.p_two, on_error=args.on_error,
         )  # fmt: skip
+        bad = sum(s["bad"].values())
+        where = f"listed in {args.out}/skipped.jsonl" if s["index"] else "listed in skipped.jsonl with index.json"
         print(
             f"cache: {s['planned']} shards planned, {s['mine']} for this rank: {s['encoded']} encoded now, "
-            f"{s['skipped']} already done; {s['too_short']} clips too short for --frames"
+            f"{s['skipped']} already done; {s['too_short']} clips too short for --frames; {bad} clips skipped"
+            + (f" ({', '.join(f'{n} {r}' for r, n in s['bad'].items())}), {where}" if bad else "")
         )
         print("index.json written" if s["index"] else "index.json not written yet: other shards are still missing")
 
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (DataError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"videodit-data {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)  # 2: clips that could not be read (cache.ClipError)
     except KeyboardInterrupt:
         print(f"videodit-data {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

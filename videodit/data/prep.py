@@ -258,7 +258,7 @@ def _append(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as the umask allows, like temp_path_for
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -1,138 +1,96 @@
 """Generate a video from text, chunk by chunk, into an mp4.
 
     python sample.py --prompt "a red circle moving to the right" --seconds 60
-    python sample.py --prompt "a blue square moving up" --prompt "a blue square moving down" --at 0 --at 5 \
-        --seconds 10 --preview sheet.png
+    python sample.py --prompt "a blue square moving up" --at 0 --prompt "a blue square moving down" --at 5 \
+        --seconds 10 --preview sheet.png --sample.churn 0.5
 
 With no --checkpoint it uses the tiny model shipped in checkpoints/tiny (trained on the procedural shapes).
+Any sampling key of the config (docs/configuration.md, section `sample`) is set with --sample.KEY VALUE.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from videodit.cli import ArgumentParser, Interrupted, stop_on_signals
+
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
+FLAGS = {"steps": "--steps", "cfg_scale": "--cfg"}  # sampling keys that have an everyday flag
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="videodit: text to video, chunk by chunk, in constant memory")
-    p.add_argument("--prompt", action="append", required=True, help="text prompt; repeat with --at to change it")
-    p.add_argument("--at", action="append", type=float, help="start time (s) of each --prompt (first is 0)")
+def parse_args(argv: list[str] | None):
+    p = ArgumentParser(description="videodit: text to video, chunk by chunk, in constant memory",
+                       epilog="Any other sampling key: --sample.KEY VALUE (docs/configuration.md, section sample). "
+                              "An omitted value is the checkpoint's.")
+    p.add_argument("--prompt", action="append", required=True, help="text prompt; repeat with --at for a timeline")
+    p.add_argument("--at", action="append", type=float, help="start time (s) of each --prompt (the first is 0)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--fps", type=int, default=0, help="default: the checkpoint's")
-    p.add_argument("--size", type=int, default=0, help="square frame size in pixels; default: the checkpoint's")
-    p.add_argument("--steps", type=int, default=0, help="sampling steps per chunk; default: the checkpoint's")
-    p.add_argument("--cfg", type=float, default=-1.0, help="classifier-free guidance scale; default: checkpoint's")
-    p.add_argument("--cfg-later", type=float, default=-1.0,
-                   help="guidance scale for the chunks after the first; default: checkpoint's (else --cfg)")
-    p.add_argument("--cfg-low-t", type=float, default=-1.0,
-                   help="steps at noise level t below this use --cfg-low instead (0 = off); default: checkpoint's")
-    p.add_argument("--cfg-low", type=float, default=-1.0,
-                   help="guidance scale of the steps below --cfg-low-t; default: the checkpoint's")
-    p.add_argument("--expert-t", type=float, default=-1.0,
-                   help="steps at noise level t below this use the checkpoint's low-noise expert (0 = off); "
-                        "default: the checkpoint's")
-    p.add_argument("--sampler", choices=["euler", "heun"], default="")
-    p.add_argument("--churn", type=float, default=-1.0,
-                   help="stochastic sampling, 0..1: fresh noise per step as this fraction of the exact "
-                        "posterior's std (0 = deterministic, 1 = ancestral); default: the checkpoint's")
-    p.add_argument("--best-of", type=int, default=0,
-                   help="sample each chunk this many times and keep the one the model finds most like the prompt "
-                        "(time grows about as much; 1 = off); default: the checkpoint's")
-    p.add_argument("--window", type=int, default=-1, help="recent chunks kept in the KV cache besides the anchor")
-    p.add_argument("--anchor", choices=["on", "off"], default="",
-                   help="keep the first chunk in the KV cache for the whole video; default: the checkpoint's")
-    p.add_argument("--context-noise", type=float, default=-1.0,
-                   help="noise level (t) of finished chunks in the KV cache; default: the checkpoint's")
-    p.add_argument("--history-guidance", type=float, default=-1.0,
-                   help="push each chunk toward what its past predicts (0 = off); default: the checkpoint's")
-    p.add_argument("--first-frame-first", choices=["on", "off"], default="",
-                   help="sample the first frame, then the opening motion from it; default: the checkpoint's")
-    p.add_argument("--warm-start", type=float, default=-1.0,
-                   help="start each later chunk at this noise level from the last frame before it (0 = off); "
-                        "default: the checkpoint's")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the video (default 10)")
+    p.add_argument("--size", type=int, help="square frame size in pixels")
+    p.add_argument("--fps", type=int, help="frames per second (the checkpoint's)")
+    p.add_argument("--steps", type=int, help="sampling steps per chunk (= --sample.steps)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (= --sample.cfg_scale)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="folder with config.yaml + safetensors")
-    p.add_argument("--out", default="outputs/sample.mp4")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--preview", default="", help="also save a PNG contact sheet of 16 frames here")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice)")
-    return p.parse_args(argv)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def check_output(path: Path) -> None:
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(f"--out must end in .mp4, got '{path}'")
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the output folder '{parent}': {e.strerror}") from e
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"cannot write '{path}': choose a writable --out")
+    p.add_argument("--out", default="outputs/sample.mp4", help="the mp4 to write")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--preview", help="also save a PNG contact sheet of 16 frames here")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    args, rest = p.parse_known_args(argv)
+    return p, args, rest
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser, args, rest = parse_args(argv)
+    stop_on_signals()
     import torch
 
     from videodit.checkpoint import CheckpointError
-    from videodit.config import ConfigError
-    from videodit.generate import GenerateError, Pipeline, Request, generate
+    from videodit.config import ConfigError, parse_overrides
+    from videodit.generate import GenerateError, Pipeline, check_outputs, generate, pick_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = Path(args.out)
     try:
-        at = args.at if args.at else [0.0] * len(args.prompt)
-        if len(args.prompt) == 1 and not args.at:
-            at = [0.0]
-        req = Request(prompts=args.prompt, at=at, seconds=args.seconds, negative_prompt=args.negative_prompt,
-                      fps=args.fps, size=args.size, steps=args.steps, cfg_scale=args.cfg,
-                      cfg_scale_later=args.cfg_later, cfg_low_t=args.cfg_low_t, cfg_scale_low=args.cfg_low,
-                      expert_t=args.expert_t, sampler=args.sampler, churn=args.churn, best_of=args.best_of,
-                      window_chunks=args.window, anchor={"on": True, "off": False}.get(args.anchor),
-                      context_noise=args.context_noise, history_guidance=args.history_guidance,
-                      first_frame_first={"on": True, "off": False}.get(args.first_frame_first),
-                      warm_start=args.warm_start, seed=args.seed)
-        check_output(out)
-        if not Path(args.checkpoint).is_dir():
-            shipped = Path(args.checkpoint) == DEFAULT_CHECKPOINT
-            raise CheckpointError(
-                f"checkpoint '{args.checkpoint}' not found. "
-                + ("No trained model ships in checkpoints/tiny yet: train the tiny one with the commands in "
-                   "README ('Train the tiny model yourself') and pass --checkpoint runs/dit_tiny/export"
-                   if shipped else "Pass --checkpoint DIR, a folder with config.yaml and the safetensors files")
-            )
+        flat = parse_overrides(rest)
+        if any(not k.startswith("sample.") for k in flat):
+            bad = next(k for k in flat if not k.startswith("sample."))
+            parser.error(f"unrecognised argument '--{bad}': sample.py takes its own flags and --sample.KEY VALUE")
+        overrides = {k.removeprefix("sample."): v for k, v in flat.items()}
+        overrides |= {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg)) if v is not None}
+        if args.threads is not None:
+            if args.threads < 1:
+                raise GenerateError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        device = pick_device(args.device)
+        check_outputs(out, args.preview)
         t0 = time.time()
-        pipe = Pipeline.load(args.checkpoint, device=args.device)
-        req = pipe.resolve(req)
+        pipe = Pipeline.load(args.checkpoint, device=device)
+        req = pipe.request(args.prompt, at=args.at, seconds=args.seconds, size=args.size, fps=args.fps,
+                           seed=args.seed, negative_prompt=args.negative_prompt, sample=overrides,
+                           label=lambda k: FLAGS.get(k, f"--sample.{k}"))
+        s = req.sample
         n, _ = pipe.frame_count(req)
+        later = "" if s.cfg_scale_later in (None, s.cfg_scale) else f" (later chunks {s.cfg_scale_later:g})"
         print(f"generating {n} frames ({req.seconds:g} s at {req.fps} fps, {req.size}x{req.size}) "
-              f"with {req.steps} {req.sampler} steps, cfg {req.cfg_scale:g}"
-              + (f" (later chunks {req.cfg_scale_later:g})" if req.cfg_scale_later != req.cfg_scale else "")
-              + (f", {req.cfg_scale_low:g} below t = {req.cfg_low_t:g}" if req.cfg_low_t > 0 else "")
-              + (f", low-noise expert below t = {req.expert_t:g}" if req.expert_t > 0 else "")
-              + (f", churn {req.churn:g}" if req.churn > 0 else "")
-              + (f", best of {req.best_of} per chunk" if req.best_of > 1 else "")
+              f"with {s.steps} {s.sampler} steps, cfg {s.cfg_scale:g}{later}"
+              + (f", {s.cfg_scale_low:g} below t = {s.cfg_low_t:g}" if s.cfg_low_t > 0 else "")
+              + (f", low-noise expert below t = {s.expert_t:g}" if s.expert_t > 0 else "")
+              + (f", churn {s.churn:g}" if s.churn > 0 else "")
               + f", seed {req.seed}")
-        generate(pipe, req, out, preview=args.preview or None, progress=True)
+        generate(pipe, req, out, preview=args.preview, progress=True)
         print(f"wrote {out} in {time.time() - t0:.1f} s" + (f"; preview {args.preview}" if args.preview else ""))
         return 0
     except (GenerateError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.strerror or e} ({e.filename or out}); nothing was written", file=sys.stderr)
+        return 1
+    except (Interrupted, KeyboardInterrupt):
+        print(f"interrupted: '{out}' was not written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def one(policy: str, args) -> dict:
     from videodit.config import DIT_PRESETS, DiTConfig
     from videodit.dit import DiT
     from videodit.flow import flow_loss
-    from videodit.speed import apply_activation_checkpointing
+    from videodit.train.parallelize import apply_activation_checkpointing
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -53,7 +53,7 @@ def train_step_fn(model: torch.nn.Module, forward, device: torch.device, dtype: 
 
 def bench_ours(preset: str, B: int, T: int, S: int, device, dtype, repeats: int, compiled: bool = False,
                temporal: str = "sdpa", checkpoint: str = "") -> dict:
-    from videodit.speed import apply_activation_checkpointing, compile_blocks
+    from videodit.train.parallelize import apply_activation_checkpointing, compile_blocks
 
     torch.manual_seed(0)
     model = DiT(DiTConfig(preset=preset, text_dim=4096 if device.type == "cuda" else 64, chunk_frames=4,
@@ -153,7 +153,7 @@ def bench_vae(frames: int, size: int, device, dtype, repeats: int) -> dict:
 
 
 def bench_sample(seconds: float, size: int, preset: str, device, steps: int) -> float:
-    from videodit.generate import Pipeline, Request
+    from videodit.generate import Pipeline
     from videodit.text_encoder import TextEncoder
     from videodit.vae import VideoVAE
 
@@ -162,7 +162,7 @@ def bench_sample(seconds: float, size: int, preset: str, device, steps: int) -> 
     cfg.data.size, cfg.flow.latent_scale, cfg.sample.steps = size, 1.0, steps
     torch.manual_seed(0)
     pipe = Pipeline(cfg, DiT(cfg.model), VideoVAE(cfg.vae), TextEncoder.from_config(cfg.text), device)
-    req = Request(prompts=["a red circle moving to the right"], at=[0.0], seconds=seconds)
+    req = pipe.request("a red circle moving to the right", seconds=seconds)
     t0 = time.perf_counter()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         n = sum(len(f) for f in pipe.frames(req))

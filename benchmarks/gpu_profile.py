@@ -15,7 +15,7 @@ import torch
 from videodit.config import DIT_PRESETS, DiTConfig
 from videodit.dit import DiT
 from videodit.flow import flow_loss
-from videodit.speed import compile_blocks
+from videodit.train.parallelize import compile_blocks
 
 
 def profile(preset: str, temporal: str, compiled: bool, rows: int) -> None:

@@ -6,9 +6,9 @@ and on, against diffusers' `AutoencoderKLWan` built at the same width and compre
 Default shape: the issue's, 49 frames at 256x256 in bf16, the `full` preset (base width 128; the
 Wan-architecture VAE is built at that width, not at Wan 2.1's released 96).
 Before the whole decoder it times its parts at the decoder's three large shapes: a 3x3x3 causal conv as cuDNN's
-3D conv (channels-last and contiguous) and folded into one 2D conv; the x2 up-sampling as nearest + 3x3 conv and
-as the equivalent transposed conv; the RMSNorm + SiLU pair as it was (an fp32 copy), as it is, and compiled into
-one kernel. Every variant of the whole decoder is checked against an fp32 decode (relative L2 error). Wan is timed
+3D conv (channels-last and contiguous); the x2 up-sampling as nearest + 3x3 conv and
+as the equivalent transposed conv; the RMSNorm + SiLU pair as it was (an fp32 copy) and as it is.
+Every variant of the whole decoder is checked against an fp32 decode (relative L2 error). Wan is timed
 with autotuning off and on, and its faster figure is the one compared. On a CPU it runs the `tiny` preset at
 9 x 64x64 (a smoke test of the script; CPU figures come from benchmarks/vae.py).
 Last line: one JSON object (`device`, `decode_fps`, `wan_decode_fps`, `decode_speedup_vs_wan`, `best`, ...).
@@ -17,7 +17,6 @@ Last line: one JSON object (`device`, `decode_fps`, `wan_decode_fps`, `decode_sp
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from _util import count_flops, matmul_ceiling, median_time, wan_vae_like
 from torch import nn
 
 from videodit.config import VAE_PRESETS, VAEConfig
-from videodit.vae import KERNELS, VideoVAE, _folded_conv, _up_as_transposed, decode_video
+from videodit.vae import KERNELS, VideoVAE, _up_as_transposed, decode_video
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,8 +54,7 @@ def _parts_at(c: int, t: int, s: int, dev, dtype, repeats: int) -> list[dict]:
     for bench in (False, True):
         cudnn_benchmark(bench)
         for name, fn in (("conv3d channels-last", lambda: conv(x)),
-                         ("conv3d contiguous", lambda: conv(x.contiguous())),
-                         ("fold (2D conv)", lambda: _folded_conv(x, conv, t))):
+                         ("conv3d contiguous", lambda: conv(x.contiguous()))):
             sec = median_time(fn, dev, repeats=repeats)
             rows.append(dict(part=f"conv {c}ch {t}x{s}^2", variant=name, autotune=bench, ms=sec * 1e3,
                              tflops=flops / sec / 1e12, err=rel_err(fn(), ref)))
@@ -86,13 +84,6 @@ def _parts_at(c: int, t: int, s: int, dev, dtype, repeats: int) -> list[dict]:
         return F.silu(F.rms_norm(h.permute(0, 2, 3, 4, 1), (c,), gain, 1e-6).permute(0, 4, 1, 2, 3))
 
     variants = [("fp32 copy (before)", before), ("native dtype (now)", now)]
-    if dev.type == "cuda":
-        try:
-            fused = torch.compile(now)
-            fused()
-            variants.append(("compiled, one kernel", fused))
-        except Exception as e:  # noqa: BLE001
-            print(f"torch.compile of norm + SiLU failed: {type(e).__name__}: {str(e)[:200]}")
     ref = before().float()
     nbytes = 2 * h.numel() * h.element_size()  # read once, write once
     for name, fn in variants:
@@ -151,21 +142,19 @@ def main() -> None:
     out["decode_tflop"] = round(flops / 1e12, 2)
     print(f"\n-- whole decoder: {flops / 1e12:.2f} TFLOP per clip", flush=True)
     results = []
-    norms = KERNELS["norm"] if cuda else ("eager",)  # compiling on a CPU needs a C++ toolchain and is slow
     with torch.no_grad():
         for bench in (False, True):
             cudnn_benchmark(bench)
-            for conv, up, norm in itertools.product(KERNELS["conv"], KERNELS["upsample"], norms):
-                ours.set_kernels(conv, up, norm)
+            for up in KERNELS["upsample"]:
+                ours.set_kernels(up)
                 sec = median_time(lambda: ours.decode(z, ours.init_cache()), dev, repeats=args.repeats)
                 err = rel_err(ours.decode(z, ours.init_cache())[0], ref)
-                results.append(dict(conv=conv, upsample=up, norm=norm, autotune=bench, s=sec, err=err))
-                print(f"ours  conv={conv:<7} upsample={up:<10} norm={norm:<8} autotune={bench!s:<5} "
+                results.append(dict(upsample=up, autotune=bench, s=sec, err=err))
+                print(f"ours  upsample={up:<10} autotune={bench!s:<5} "
                       f"{frames / sec:8.1f} frames/s  {flops / sec / 1e12:6.1f} TFLOP/s  rel err vs fp32 {err:.1e}",
                       flush=True)
     best = min(results, key=lambda r: r["s"])
-    default = next(r for r in results if (r["conv"], r["upsample"], r["norm"], r["autotune"])
-                   == ("conv3d", "interp", "eager", False))
+    default = next(r for r in results if (r["upsample"], r["autotune"]) == ("interp", False))
 
     wan = wan_vae_like(cfg).to(dev, dtype)
     wan_dec, wan_enc = {}, {}
@@ -181,7 +170,7 @@ def main() -> None:
         wan_fps = frames / min(wan_dec.values())
         # our encode with the best decode's settings, and streaming decode (1-s latent chunks) as sample.py runs it
         cudnn_benchmark(best["autotune"])
-        ours.set_kernels(best["conv"], best["upsample"], best["norm"])
+        ours.set_kernels(best["upsample"])
         enc_s = median_time(lambda: ours.encode(xw, ours.init_cache()), dev, repeats=args.repeats)
         stream_s = median_time(lambda: decode_video(ours, z, chunk_latents=2, tile=0), dev, repeats=args.repeats)
     print(f"ours  encode {frames / enc_s:.1f} frames/s (Wan best {frames / min(wan_enc.values()):.1f}); streaming "
@@ -196,7 +185,7 @@ def main() -> None:
         Path(args.profile).write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
         print(f"profile of the fastest decode -> {args.profile}")
 
-    tag = f"conv={best['conv']}, upsample={best['upsample']}, norm={best['norm']}, autotune={best['autotune']}"
+    tag = f"upsample={best['upsample']}, autotune={best['autotune']}"
     fps, fps0 = frames / best["s"], frames / default["s"]
     print(f"\nfastest: {tag}: {fps:.1f} frames/s vs Wan {wan_fps:.1f} ({fps / wan_fps:.2f}x; "
           f"before this work's kernels {fps0:.1f}, {fps0 / wan_fps:.2f}x)")
@@ -206,7 +195,7 @@ def main() -> None:
         decode_fps_before=round(frames / default["s"], 1), decode_err_vs_fp32=float(f"{best['err']:.2e}"),
         decode_tflops=round(flops / best["s"] / 1e12, 1), encode_fps=round(frames / enc_s, 1),
         wan_encode_fps=round(frames / min(wan_enc.values()), 1), stream_decode_fps=round(frames / stream_s, 1),
-        variants={f"{r['conv']}/{r['upsample']}/{r['norm']}/{'tuned' if r['autotune'] else 'default'}":
+        variants={f"{r['upsample']}/{'tuned' if r['autotune'] else 'default'}":
                   round(frames / r["s"], 1) for r in results},
     )
     print(json.dumps(out))

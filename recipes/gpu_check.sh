@@ -16,7 +16,7 @@
 #   BENCH=0 skips steps 2-3 (a session that only trains: the rest of the budget goes to step 4);
 #   BATCH (256) and PROBE (120 steps) size the fine-tune; STEPS=N skips the probe and trains N steps (stopped
 #   early by SIGTERM, which checkpoints, if the budget runs out); TEXT=FOLDER caches and trains with that text
-#   encoder (e.g. one from `python -m videodit.text_encoder OUT --tokenizer words`); EXTRA adds train.py options;
+#   encoder (e.g. one from `videodit-data text-encoder OUT --tokenizer words`); EXTRA adds train.py options;
 #   VAE_STEPS / VAE_BATCH (32) size step 5. VAEBENCH=1 first runs benchmarks/vae_gpu.py (every VAE kernel choice
 #   vs the Wan-architecture VAE; log and kernel profile in OUT/). CONFIG (configs/tiny.yaml) is the config the
 #   fine-tune starts from (e.g.

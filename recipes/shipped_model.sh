@@ -61,7 +61,7 @@ python train.py --config configs/vae_tiny.yaml --train.init runs/vae_tiny_dec2/e
 cp runs/vae_tiny_dec3/export/vae.safetensors checkpoints/tiny/
 
 # second GPU session (H100): word-level tiny T5, DiT fine-tuned on it beside a 4th decoder-only VAE stage
-python -m videodit.text_encoder runs/t5_words --tokenizer words
+videodit-data text-encoder runs/t5_words --tokenizer words
 TEXT=runs/t5_words/text_encoder BENCH=0 STEPS=3200 VAE_STEPS=4000 EXTRA="--flow.uniform_t_prob 0.3" \
     bash recipes/gpu_check.sh runs/gpu_words 565 16000
 cp runs/gpu_words/dit.safetensors runs/gpu_words/config.yaml runs/gpu_words/vae/vae.safetensors checkpoints/tiny/

@@ -214,7 +214,7 @@ def test_bad_temporal_attention_is_a_config_error():
 def test_regional_compile_keeps_names_and_outputs():
     """train.compile: each block compiled in place; parameter names (checkpoints) and outputs unchanged.
     The eager backend runs the same graph capture on CPU without a C++ compiler."""
-    from videodit.speed import compile_blocks
+    from videodit.train.parallelize import compile_blocks
 
     model = small_dit()
     x, t, text, mask = inputs()
@@ -232,7 +232,7 @@ def test_activation_checkpointing_policies_same_gradients_less_recompute(policy)
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from videodit.speed import _matmul_ops, apply_activation_checkpointing
+    from videodit.train.parallelize import _matmul_ops, apply_activation_checkpointing
 
     class CountMatmuls(TorchDispatchMode):
         def __init__(self):

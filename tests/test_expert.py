@@ -1,6 +1,7 @@
 """The low-noise expert: a second DiT that takes the sampling steps below sample.expert_t, reading its own
 keys/values of the finished chunks; attached to a checkpoint with `python -m videodit.expert`."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from videodit.config import Config
 from videodit.dit import DiT
 from videodit.expert import attach_expert
 from videodit.flow import sample, timestep_shift
-from videodit.generate import GenerateError, Pipeline, Request
+from videodit.generate import GenerateError, Pipeline
 from videodit.repatch import repatch_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,10 @@ def pipe(ckpt):
     return Pipeline.load(ckpt)
 
 
+def without_expert(req):
+    return dataclasses.replace(req, sample=dataclasses.replace(req.sample, expert_t=0.0))
+
+
 def _reference(pipe, req):
     """Chunk by chunk, each step running the network its noise level picks (the expert below expert_t) over the
     whole clean past plus the noisy chunk: what the two KV caches must reproduce."""
@@ -63,14 +68,15 @@ def _reference(pipe, req):
             past = torch.cat([torch.zeros(1, 16, 0, s, s)] + chunks, 2)
 
             def velocity(x, t, past=past, Tc=Tc):
-                net = pipe.dit_low if float(t.max()) < req.expert_t else pipe.dit
+                net = pipe.dit_low if float(t.max()) < req.sample.expert_t else pipe.dit
                 used.append(net is pipe.dit_low)
                 full = torch.cat([past, x], 2).repeat(nb, 1, 1, 1, 1)
                 tt = torch.cat([torch.zeros(nb, past.shape[2]), t.repeat(nb)[:, None].expand(nb, Tc)], 1)
                 vc, vu = net(full, tt, emb, mask)[:, :, past.shape[2]:].chunk(2)
-                return vu + req.cfg_scale * (vc - vu)
+                return vu + req.sample.cfg_scale * (vc - vu)
 
-            chunks.append(sample(velocity, torch.randn(1, 16, Tc, s, s, generator=g), req.steps, shift=shift,
+            chunks.append(sample(velocity, torch.randn(1, 16, Tc, s, s, generator=g), req.sample.steps,
+                                 shift=shift,
                                  generator=g))
     return torch.cat(chunks, 2), used
 
@@ -78,8 +84,8 @@ def _reference(pipe, req):
 def _cached_equals_reference(pipe):
     """Three chunks, three steps (t = 1, 0.667, 0.333; no shift at this size) and expert_t 0.5: the last step of each
     chunk uses the expert, and the cached generation equals the reference. Returns (request, cached latents)."""
-    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=2.5, seed=1, steps=3, cfg_scale=2.0,
-                               expert_t=0.5, window_chunks=100, negative_prompt="a red circle"))
+    req = pipe.request("a blue square", seconds=2.5, seed=1, negative_prompt="a red circle",
+                       sample=dict(steps=3, cfg_scale=2.0, expert_t=0.5, window_chunks=100))
     cached = torch.cat(list(pipe.latent_chunks(req)), 2)
     reference, used = _reference(pipe, req)
     assert used == [False, False, True] * 3
@@ -93,16 +99,16 @@ def test_expert_takes_the_low_noise_steps_with_its_own_cache(pipe):
     each step uses."""
     assert pipe.cfg.sample.expert_t == 0.7 and pipe.dit_low is not None
     req, cached = _cached_equals_reference(pipe)
-    plain = torch.cat(list(pipe.latent_chunks(Request(**{**vars(req), "expert_t": 0.0}))), 2)
+    plain = torch.cat(list(pipe.latent_chunks(without_expert(req))), 2)
     assert (plain - cached).abs().max() > 1e-3  # the expert changes the result
 
 
 def test_an_expert_equal_to_the_base_changes_nothing(ckpt, pipe, tmp_path):
     """With the base weights as its expert, the video is the one the base alone makes (bit for bit)."""
     same = Pipeline(pipe.cfg, pipe.dit, pipe.vae, pipe.text_encoder, pipe.device, dit_low=pipe.dit)
-    req = Request(prompts=["a green circle"], at=[0.0], seconds=3.0, seed=4, context_noise=0.1, churn=0.5)
+    req = same.request("a green circle", seconds=3.0, seed=4, sample=dict(context_noise=0.1, churn=0.5))
     a = list(same.latent_chunks(req))
-    b = list(same.latent_chunks(Request(**{**vars(req), "expert_t": 0.0})))
+    b = list(same.latent_chunks(without_expert(req)))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -128,9 +134,9 @@ def test_an_expert_with_finer_patches_keeps_its_own_shape(tmp_path):
 def test_missing_expert_and_bad_expert_t_are_clear(ckpt, pipe, tmp_path):
     bare = make_checkpoint(tmp_path / "bare")
     with pytest.raises(GenerateError, match="dit_low.safetensors"):
-        Pipeline.load(bare).resolve(Request(prompts=["x"], at=[0.0], seconds=1.0, expert_t=0.5))
-    with pytest.raises(GenerateError, match="--expert-t must be in"):
-        pipe.resolve(Request(prompts=["x"], at=[0.0], seconds=1.0, expert_t=1.5))
+        Pipeline.load(bare).request("x", seconds=1.0, sample=dict(expert_t=0.5))
+    with pytest.raises(GenerateError, match="sample.expert_t must be in"):
+        pipe.request("x", seconds=1.0, sample=dict(expert_t=1.5))
     cfg = read_config(bare)
     cfg.sample.expert_t = 0.5
     write_config(cfg, bare)

@@ -11,7 +11,7 @@ from videodit.checkpoint import save_module, save_text_encoder, write_config
 from videodit.config import Config
 from videodit.dit import DiT
 from videodit.flow import sample, timestep_shift
-from videodit.generate import GenerateError, Pipeline, Request
+from videodit.generate import GenerateError, Pipeline
 from videodit.text_encoder import TextEncoder
 from videodit.vae import VideoVAE
 
@@ -42,19 +42,28 @@ def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
+TOP = {"at", "seconds", "size", "fps", "seed", "negative_prompt"}
+
+
+def R(pipe, prompts, **kw):
+    """pipe.request with the sampling keys given flat, as the tests write them."""
+    return pipe.request(prompts, **{k: v for k, v in kw.items() if k in TOP},
+                        sample={k: v for k, v in kw.items() if k not in TOP})
+
+
 @pytest.fixture(scope="module")
 def pipe(ckpt):
     return Pipeline.load(ckpt)
 
 
 def test_same_seed_same_video_and_exact_frame_count(pipe):
-    req = Request(prompts=["a red circle moving to the left"], at=[0.0], seconds=2.5, seed=3)
+    req = R(pipe, prompts=["a red circle moving to the left"], at=[0.0], seconds=2.5, seed=3)
     a = list(pipe.frames(req))
     b = list(pipe.frames(req))
     assert all((x == y).all() for x, y in zip(a, b))
     total = sum(len(x) for x in a)
     assert total == 20 and a[0].shape[1:] == (32, 32, 3)
-    c = list(pipe.frames(Request(prompts=["a red circle moving to the left"], at=[0.0], seconds=2.5, seed=4)))
+    c = list(pipe.frames(R(pipe, prompts=["a red circle moving to the left"], at=[0.0], seconds=2.5, seed=4)))
     assert any((x != y).any() for x, y in zip(a, c))
 
 
@@ -62,7 +71,7 @@ def test_stochastic_sampling_is_seeded(pipe):
     """sample.churn: fresh noise at every step, drawn from the seed: the same seed gives the same latents, and
     they differ from the deterministic sampler's."""
     def run(churn, seed=3):
-        req = Request(prompts=["a red circle moving to the left"], at=[0.0], seconds=2.0, seed=seed, churn=churn)
+        req = R(pipe, prompts=["a red circle moving to the left"], at=[0.0], seconds=2.0, seed=seed, churn=churn)
         return torch.cat(list(pipe.latent_chunks(req)), 2)
 
     a = run(0.7)
@@ -94,10 +103,11 @@ def _no_cache_reference(pipe, req, keep):
                 if nb == 1:
                     return v
                 vc, vu = v.chunk(2)
-                return vu + req.cfg_scale * (vc - vu)
+                return vu + req.sample.cfg_scale * (vc - vu)
 
             chunks.append(sample(velocity, torch.randn(1, 16, Tc, req.size // 8, req.size // 8, generator=g),
-                                 req.steps, shift=shift, method=req.sampler, churn=req.churn, generator=g))
+                                 req.sample.steps, shift=shift, method=req.sample.sampler, churn=req.sample.churn,
+                                 generator=g))
     return torch.cat(chunks, 2)
 
 
@@ -105,8 +115,8 @@ def _no_cache_reference(pipe, req, keep):
 def test_chunked_with_cache_equals_recomputing_the_whole_past(pipe, cfg_scale, churn):
     """With a window that holds every chunk, cached generation equals running the DiT over the whole clean past
     plus the noisy chunk at every step (stochastic sampling included: the same draws from the seed)."""
-    req = pipe.resolve(Request(prompts=["a blue square"], at=[0.0], seconds=3.0, seed=1, cfg_scale=cfg_scale,
-                               window_chunks=100, negative_prompt="a red circle", churn=churn))
+    req = R(pipe, prompts=["a blue square"], at=[0.0], seconds=3.0, seed=1, cfg_scale=cfg_scale,
+                  window_chunks=100, negative_prompt="a red circle", churn=churn)
     cached = torch.cat(list(pipe.latent_chunks(req)), dim=2)
     reference = _no_cache_reference(pipe, req, keep=lambda chunks: chunks)
     assert cached.shape == reference.shape
@@ -118,7 +128,7 @@ def test_rolling_window_with_and_without_anchor(pipe, anchor):
     """A window of one chunk: chunks whose past still fits the cache (anchor + last chunk, or the last chunk
     alone) equal generation with an unbounded cache; after that the dropped chunks change the result."""
     def run(window, anchor):
-        req = Request(prompts=["a green circle"], at=[0.0], seconds=4.0, seed=2, window_chunks=window, anchor=anchor)
+        req = R(pipe, prompts=["a green circle"], at=[0.0], seconds=4.0, seed=2, window_chunks=window, anchor=anchor)
         return list(pipe.latent_chunks(req))  # 4 chunks of 2 latent frames
 
     full, windowed = run(100, True), run(1, anchor)
@@ -130,36 +140,22 @@ def test_rolling_window_with_and_without_anchor(pipe, anchor):
             assert (a - b).abs().max() > 1e-3
 
 
-def test_history_guidance_extrapolates_from_the_prediction_without_past(pipe):
-    """sample.history_guidance g: v += g (v_with_past - v_without_past). The first chunk has no past, so it is
-    unchanged; with one Euler step the second chunk (same past for every g) moves linearly in g."""
-    def run(g):
-        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=1, history_guidance=g)
-        return list(pipe.latent_chunks(req))
-
-    z0, z1, z2 = run(0.0), run(1.0), run(2.0)
-    assert torch.equal(z0[0], z1[0]) and torch.equal(z0[0], z2[0])
-    step = z1[1] - z0[1]
-    assert step.abs().max() > 1e-3  # it does something
-    torch.testing.assert_close(z2[1] - z0[1], 2 * step, atol=1e-5, rtol=1e-4)
-
-
 def test_cfg_scale_later_guides_the_chunks_after_the_first(pipe):
     """sample.cfg_scale_later: the first chunk keeps cfg_scale, the later ones use the later scale; with one Euler
     step the second chunk (same past for every scale) moves linearly in it; unset, it is cfg_scale."""
     def run(later):
-        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=1, cfg_scale=2.0,
+        req = R(pipe, prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=1, cfg_scale=2.0,
                       cfg_scale_later=later)
         return list(pipe.latent_chunks(req))
 
-    default, same, z1, z2, z3 = run(-1.0), run(2.0), run(1.0), run(2.0), run(3.0)
+    default, same, z1, z2, z3 = run(None), run(2.0), run(1.0), run(2.0), run(3.0)
     assert all(torch.equal(a, b) for a, b in zip(default, same))
     assert torch.equal(z1[0], z3[0])  # the first chunk ignores the later scale
     step = z2[1] - z1[1]
     assert step.abs().max() > 1e-3
     torch.testing.assert_close(z3[1] - z1[1], 2 * step, atol=1e-5, rtol=1e-4)
-    with pytest.raises(GenerateError, match="--cfg-later must be >= 0"):
-        pipe.resolve(Request(prompts=["a green circle"], at=[0.0], seconds=2.0, cfg_scale_later=float("nan")))
+    with pytest.raises(GenerateError, match="sample.cfg_scale_later must be >= 0"):
+        R(pipe, prompts=["a green circle"], at=[0.0], seconds=2.0, cfg_scale_later=float("nan"))
 
 
 def test_guidance_interval_uses_the_low_scale_only_below_cfg_low_t(pipe):
@@ -167,7 +163,7 @@ def test_guidance_interval_uses_the_low_scale_only_below_cfg_low_t(pipe):
     then t_mid < 1) and cfg_low_t = 0.999, only the last step of each chunk changes: the first chunk moves
     linearly in the low scale; a low scale equal to the usual one, or cfg_low_t = 0, is plain guidance."""
     def run(low_t, low, cfg=2.0):
-        req = Request(prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=2, cfg_scale=cfg,
+        req = R(pipe, prompts=["a green circle"], at=[0.0], seconds=2.0, seed=3, steps=2, cfg_scale=cfg,
                       cfg_low_t=low_t, cfg_scale_low=low)
         return list(pipe.latent_chunks(req))
 
@@ -181,8 +177,8 @@ def test_guidance_interval_uses_the_low_scale_only_below_cfg_low_t(pipe):
     # unguided above t, guided below: the negative prompt is still encoded
     assert (run(0.999, 3.0, cfg=1.0)[0] - run(0.0, 1.0, cfg=1.0)[0]).abs().max() > 1e-3
     for bad in (dict(cfg_low_t=1.5), dict(cfg_low_t=float("nan")), dict(cfg_low_t=0.5, cfg_scale_low=float("nan"))):
-        with pytest.raises(GenerateError, match="--cfg-low-t must be in"):
-            pipe.resolve(Request(prompts=["a green circle"], at=[0.0], seconds=2.0, **bad))
+        with pytest.raises(GenerateError, match=r"sample\.cfg_(low_t|scale_low) must be"):
+            R(pipe, prompts=["a green circle"], at=[0.0], seconds=2.0, **bad)
 
 
 def test_first_frame_first_resamples_the_opening_motion_from_the_kept_first_frame(pipe):
@@ -190,107 +186,33 @@ def test_first_frame_first_resamples_the_opening_motion_from_the_kept_first_fram
     frames sampled again from fresh noise with that frame clean (t = 0). Checked against the DiT run directly."""
     cfg, dit = pipe.cfg, pipe.dit
     base = dict(prompts=["a red circle moving up"], at=[0.0], seconds=0.5, seed=5, cfg_scale=2.0)
-    off = torch.cat(list(pipe.latent_chunks(Request(**base))), 2)
-    on = torch.cat(list(pipe.latent_chunks(Request(**base, first_frame_first=True))), 2)
+    off = torch.cat(list(pipe.latent_chunks(R(pipe, **base))), 2)
+    on = torch.cat(list(pipe.latent_chunks(R(pipe, **base, first_frame_first=True))), 2)
     assert on.shape == off.shape == (1, 16, 2, 4, 4)  # one chunk of 2 latent frames
     assert torch.equal(on[:, :, :1], off[:, :, :1]) and (on[:, :, 1:] - off[:, :, 1:]).abs().max() > 1e-3
 
-    req = pipe.resolve(Request(**base))
+    req = R(pipe, **base)
     emb, mask = pipe.encode_prompts(req)[0]
     shift = timestep_shift(5 * (cfg.data.size // 16) ** 2, cfg.flow)
     g = torch.Generator().manual_seed(req.seed)
 
     def guided(x, tt):
         vc, vu = dit(x.repeat(2, 1, 1, 1, 1), tt.repeat(2, 1), emb, mask).chunk(2)
-        return vu + req.cfg_scale * (vc - vu)
+        return vu + req.sample.cfg_scale * (vc - vu)
 
     with torch.no_grad():
         z = sample(lambda x, t: guided(x, t[:, None].expand(1, 2)), torch.randn(1, 16, 2, 4, 4, generator=g),
-                   req.steps, shift=shift)
+                   req.sample.steps, shift=shift)
         first = z[:, :, :1]
         rest = sample(lambda x, t: guided(torch.cat([first, x], 2), torch.stack([t * 0, t], 1))[:, :, 1:],
-                      torch.randn(1, 16, 1, 4, 4, generator=g), req.steps, shift=shift)
+                      torch.randn(1, 16, 1, 4, 4, generator=g), req.sample.steps, shift=shift)
     expected = torch.cat([first, rest], 2) / cfg.flow.latent_scale + cfg.flow.latent_shift
     assert (on - expected).abs().max() < 1e-5
 
 
-def test_best_of_keeps_the_candidate_with_the_most_text_evidence(pipe, monkeypatch):
-    """sample.best_of: every chunk is sampled best_of times and the candidate with the highest text evidence is
-    kept (yielded and cached). The score itself is checked against the DiT run directly."""
-    import videodit.generate as G
-
-    base = dict(prompts=["a red circle moving up"], at=[0.0], seconds=2.0, seed=5, cfg_scale=2.0, churn=0.5)
-    plain = list(pipe.latent_chunks(Request(**base)))
-    assert all(torch.equal(a, b) for a, b in zip(plain, pipe.latent_chunks(Request(**base, best_of=1))))
-    three = list(pipe.latent_chunks(Request(**base, best_of=3)))
-    assert all(torch.equal(a, b) for a, b in zip(three, pipe.latent_chunks(Request(**base, best_of=3))))
-    assert torch.equal(three[0], plain[0]) or (three[0] - plain[0]).abs().max() > 1e-3
-
-    made = []  # every candidate, in order; a stand-in score that is easy to predict: the candidate's mean
-    real_sample = G.sample
-    monkeypatch.setattr(G, "sample", lambda *a, **k: made.append(real_sample(*a, **k)) or made[-1])
-    monkeypatch.setattr(pipe, "text_evidence", lambda z, *a: float(z.mean()))
-    kept = list(pipe.latent_chunks(Request(**base, best_of=3)))
-    cfg = pipe.cfg
-    assert len(made) == 3 * len(kept) and len(kept) == len(plain)
-    for i, z in enumerate(kept):
-        group = made[3 * i : 3 * i + 3]
-        best = max(group, key=lambda c: float(c.mean()))
-        assert torch.equal(z, best / cfg.flow.latent_scale + cfg.flow.latent_shift)
-    assert len({round(float(c.mean()), 6) for c in made[:3]}) == 3  # distinct candidates, so the pick matters
-    monkeypatch.undo()
-
-    req = pipe.resolve(Request(**base))
-    emb, mask = pipe.encode_prompts(req)[0]
-    z = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
-    noises = [torch.randn(z.shape, generator=torch.Generator().manual_seed(2 + i)) for i in range(4)]
-    expected = 0.0
-    with torch.no_grad():
-        for t, eps in zip(cfg.sample.select_t, noises):
-            x = (1 - t) * z + t * eps
-            vc, vu = pipe.dit(x.repeat(2, 1, 1, 1, 1), torch.full((2,), t), emb, mask).chunk(2)
-            expected += float(((vu - (eps - z)) ** 2).mean() - ((vc - (eps - z)) ** 2).mean())
-        got = pipe.text_evidence(z, noises, emb, mask, [], 0)
-    assert abs(got - expected) < 1e-5 and abs(expected) > 1e-6
-    for bad in (-1, 65):
-        with pytest.raises(GenerateError, match="--best-of must be between 1 and 64"):
-            pipe.resolve(Request(**base, best_of=bad))
-
-
-def test_warm_start_begins_each_later_chunk_from_the_last_frame_before_it(pipe, monkeypatch):
-    """sample.warm_start t0: the first chunk is sampled from pure noise as usual; every later chunk starts at t0
-    from the last latent frame of the chunk before, held over the chunk and mixed with the chunk's noise draw:
-    x = (1 - t0) last + t0 eps."""
-    import videodit.generate as G
-
-    base = dict(prompts=["a red circle moving up"], at=[0.0], seconds=2.0, seed=5, cfg_scale=2.0, churn=0.0,
-                context_noise=0.0)
-    off = list(pipe.latent_chunks(Request(**base)))
-    calls = []  # (input, start_t, output) of every sampler run
-    real_sample = G.sample
-
-    def spy(velocity, noise, *a, **k):
-        out = real_sample(velocity, noise, *a, **k)
-        calls.append((noise, k.get("start_t", 1.0), out))
-        return out
-
-    monkeypatch.setattr(G, "sample", spy)
-    on = list(pipe.latent_chunks(Request(**base, warm_start=0.7)))
-    assert len(on) == len(off) > 2 and len(calls) == len(on)
-    assert torch.equal(on[0], off[0]) and (on[-1] - off[-1]).abs().max() > 1e-3
-    g = torch.Generator().manual_seed(5)  # deterministic sampler, clean context: one noise draw per chunk
-    assert calls[0][1] == 1.0 and torch.equal(calls[0][0], torch.randn(calls[0][0].shape, generator=g))
-    for (_, _, before), (x, t0, _) in zip(calls, calls[1:]):
-        eps = torch.randn(x.shape, generator=g)
-        assert t0 == 0.7 and (x - (0.3 * before[:, :, -1:] + 0.7 * eps)).abs().max() < 1e-6
-    monkeypatch.undo()
-    with pytest.raises(GenerateError, match="--warm-start"):
-        pipe.resolve(Request(**base, warm_start=1.0))
-
-
 def test_prompt_changes_along_the_timeline(pipe):
-    one = Request(prompts=["a red circle"], at=[0.0], seconds=3.0, seed=0)
-    two = Request(prompts=["a red circle", "a green triangle"], at=[0.0, 1.5], seconds=3.0, seed=0)
+    one = R(pipe, prompts=["a red circle"], at=[0.0], seconds=3.0, seed=0)
+    two = R(pipe, prompts=["a red circle", "a green triangle"], at=[0.0, 1.5], seconds=3.0, seed=0)
     a, b = list(pipe.latent_chunks(one)), list(pipe.latent_chunks(two))
     assert torch.equal(a[0], b[0])  # before the change: identical
     assert not torch.equal(a[-1], b[-1])
@@ -300,9 +222,17 @@ def test_prompt_changes_along_the_timeline(pipe):
     "kw, needle",
     [
         (dict(seconds=0), "--seconds"),
-        (dict(history_guidance=float("nan")), "--history-guidance"),
-        (dict(churn=1.5), "--churn"),
-        (dict(churn=float("nan")), "--churn"),
+        (dict(churn=1.5), "sample.churn"),
+        (dict(churn=float("nan")), "sample.churn"),
+        (dict(steps=0), "sample.steps"),
+        (dict(cfg_scale=-2.0), "sample.cfg_scale"),
+        (dict(window_chunks=-2), "sample.window_chunks"),
+        (dict(sampler="dpm"), "sample.sampler"),
+        (dict(seed=-1), "--seed"),
+        (dict(seed=2**64), "--seed"),
+        (dict(at=[0.0, 5.0], prompts=["a", "b"], seconds=2.0), "after the end"),
+        (dict(at=[0.0, float("inf")], prompts=["a", "b"]), "--at"),
+        (dict(nonsense=1), "unknown config key 'sample.nonsense'"),
         (dict(seconds=10**6), "--seconds"),
         (dict(prompts=[" "]), "non-empty"),
         (dict(size=40), "--size"),
@@ -313,7 +243,7 @@ def test_prompt_changes_along_the_timeline(pipe):
 def test_bad_requests_are_clear(pipe, kw, needle):
     base = dict(prompts=["a red circle"], at=[0.0] * len(kw.get("prompts", [1])), seconds=1.0)
     with pytest.raises(GenerateError, match=needle):
-        pipe.resolve(Request(**{**base, **kw}))
+        R(pipe, **{**base, **kw})
 
 
 def run_cli(*args, cwd=None):
@@ -326,10 +256,10 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
 
     out, sheet = tmp_path / "v.mp4", tmp_path / "sheet.png"
     r = run_cli("--checkpoint", str(ckpt), "--prompt", "a red circle moving to the right", "--seconds", "2",
-                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--cfg-low-t", "0.5", "--cfg-low", "2",
-                "--churn", "0.5", "--best-of", "2")
+                "--out", str(out), "--preview", str(sheet), "--steps", "2", "--sample.cfg_low_t", "0.5",
+                "--sample.cfg_scale_low", "2", "--sample.churn", "0.5")
     assert r.returncode == 0, r.stderr
-    assert "best of 2 per chunk" in r.stdout
+    assert "2 euler steps" in r.stdout and "2 below t = 0.5" in r.stdout and "churn 0.5" in r.stdout
     with av.open(str(out)) as c:
         frames = [f for f in c.decode(video=0)]
     assert len(frames) == 16 and frames[0].width == 32 and frames[0].height == 32
@@ -344,9 +274,28 @@ def test_cli_writes_exact_mp4_and_preview(ckpt, tmp_path):
         (["--size", "24"], "--size"),
         (["--out", "/proc/nope/v.mp4"], "cannot"),
         (["--out", "video.avi"], ".mp4"),
-        (["--cfg-low-t", "2"], "--cfg-low-t"),
-        (["--churn", "2"], "--churn"),
-        (["--best-of", "-3"], "--best-of"),
+        (["--sample.cfg_low_t", "2"], "--sample.cfg_low_t"),
+        (["--sample.churn", "2"], "--sample.churn"),
+        (["--sample.churn", "-0.5"], "--sample.churn"),
+        (["--sample.window_chunks", "-2"], "--sample.window_chunks"),
+        (["--sample.nonsense", "1"], "sample.nonsense"),
+        (["--sample.churn"], "needs a value"),
+        (["--model.depth", "3"], "--model.depth"),
+        (["--best-of", "2"], "--best-of"),
+        (["--cfg", "-2"], "--cfg must be >= 0"),
+        (["--cfg", "nan"], "--cfg must be >= 0"),
+        (["--steps", "0"], "--steps must be between"),
+        (["--fps", "0"], "--fps"),
+        (["--seconds", "nan"], "--seconds"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", str(2**64)], "--seed"),
+        (["--threads", "-1"], "--threads"),
+        (["--threads", "two"], "--threads"),
+        (["--device", "cuda"], "--device cuda"),
+        (["--device", "banana"], "--device"),
+        (["--out", "."], "is a folder"),
+        (["--preview", "sheet.jpg"], "--preview must end in .png"),
+        (["--prompt", "a", "--at", "0", "--prompt", "b", "--at", "3"], "after the end"),
     ],
 )
 def test_cli_bad_input_exits_cleanly_without_partial_file(ckpt, tmp_path, args, needle):
@@ -354,9 +303,45 @@ def test_cli_bad_input_exits_cleanly_without_partial_file(ckpt, tmp_path, args, 
     base = ["--checkpoint", str(ckpt), "--seconds", "1", "--out", str(out)]
     if "--prompt" not in args:
         base += ["--prompt", "a red circle"]
+    if args[:2] == ["--out", "."]:
+        out = tmp_path
     r = run_cli(*base, *args, cwd=tmp_path)
-    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
-    assert not out.exists() and not list(tmp_path.glob("*.mp4"))
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*tmp")) and not list(tmp_path.glob("*.jpg"))
+
+
+def test_cli_preview_into_a_new_folder(ckpt, tmp_path):
+    sheet = tmp_path / "new" / "deeper" / "sheet.png"
+    r = run_cli("--checkpoint", str(ckpt), "--prompt", "a red circle", "--seconds", "1", "--steps", "1",
+                "--out", str(tmp_path / "v.mp4"), "--preview", str(sheet))
+    assert r.returncode == 0, r.stderr
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_interrupted_cli_leaves_no_temp_file_and_a_later_run_removes_stale_ones(ckpt, tmp_path, sig):
+    """A signal mid-video removes the hidden temporary mp4 and exits 130; a temporary file left by a process that was
+    killed outright (SIGKILL, a stale one) is removed by the next run that writes the same output."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "v.mp4"
+    stale = tmp_path / f".v.mp4.{2**22 + 12345}.abcd.tmp"  # a pid no process has: written by a dead run
+    stale.write_bytes(b"half a video")
+    p = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), "--checkpoint", str(ckpt), "--prompt",
+                          "a red circle", "--seconds", "600", "--steps", "1", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not [f for f in tmp_path.glob(".v.mp4.*.tmp") if f != stale] and time.time() < deadline:
+        time.sleep(0.1)
+    assert not stale.exists()  # the stale file went when this run created its own
+    time.sleep(0.5)
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not out.exists() and not list(tmp_path.glob(".*")), os.listdir(tmp_path)
 
 
 def test_cli_unreadable_checkpoint(tmp_path):

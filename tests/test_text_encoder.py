@@ -46,10 +46,10 @@ def test_tiny_is_deterministic_and_missing_path_is_clear(tmp_path):
 
 
 def test_word_tokenizer_covers_the_caption_language_and_round_trips(tmp_path):
-    from videodit.data.shapes import make_example, split_words
-    from videodit.text_encoder import main
+    from videodit.data.cli import main
+    from videodit.data.shapes import make_example, split_words, vocabulary
 
-    te = TextEncoder.tiny(TextConfig(tiny_tokenizer="words"))
+    te = TextEncoder.tiny(TextConfig(tiny_tokenizer="words"), words=vocabulary())
     tok = te.tokenizer
     for i in range(200):  # every caption word is in the vocabulary, split exactly as split_words does
         for split in ("train", "heldout"):
@@ -62,29 +62,30 @@ def test_word_tokenizer_covers_the_caption_language_and_round_trips(tmp_path):
     emb, mask = te(prompts)
     assert mask.sum(1).tolist() == [8, 1, 4] and (emb[~mask] == 0).all()
 
-    assert main([str(tmp_path), "--tokenizer", "words"]) == 0  # the CLI that makes the folder for training
+    assert main(["text-encoder", str(tmp_path), "--tokenizer", "words"]) == 0  # the CLI making the folder
     loaded = TextEncoder.from_pretrained(tmp_path / "text_encoder", max_length=128)
     emb2, mask2 = loaded(prompts)
     assert torch.equal(mask2, mask) and torch.allclose(emb2, emb, atol=1e-6)
 
 
 def test_explicit_text_encoder_wins_over_the_vae_checkpoints(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train
     from videodit.checkpoint import save_text_encoder, write_config
     from videodit.config import load_config
-    from videodit.text_encoder import main
+    from videodit.data.cli import main
+    from videodit.train.tasks import load_text_encoder_for
 
     vae_ckpt = tmp_path / "vae"
     vae_ckpt.mkdir()
     write_config(load_config(None, {}), vae_ckpt)
     save_text_encoder(TextEncoder.tiny(TextConfig()), vae_ckpt)  # a byte-level one comes with the VAE
-    assert main([str(tmp_path / "t5"), "--tokenizer", "words"]) == 0
+    assert main(["text-encoder", str(tmp_path / "t5"), "--tokenizer", "words"]) == 0
     cfg = load_config(None, {"train.vae": str(vae_ckpt)})
-    assert train.load_text_encoder_for(cfg).model.config.vocab_size == 384  # the VAE checkpoint's
+    assert load_text_encoder_for(cfg).model.config.vocab_size == 384  # the VAE checkpoint's
     cfg = load_config(None, {"train.vae": str(vae_ckpt), "text.pretrained": str(tmp_path / "t5" / "text_encoder")})
-    assert train.load_text_encoder_for(cfg).tokenizer("red").input_ids[-1] == 1  # words: "red" </s>
-    assert train.load_text_encoder_for(cfg).model.config.vocab_size == 85
+    assert load_text_encoder_for(cfg).tokenizer("red").input_ids[-1] == 1  # words: "red" </s>
+    assert load_text_encoder_for(cfg).model.config.vocab_size == 85
+
+
+def test_the_word_tokenizer_needs_its_vocabulary():
+    with pytest.raises(ValueError, match="needs the vocabulary"):
+        TextEncoder.tiny(TextConfig(tiny_tokenizer="words"))

@@ -2,6 +2,7 @@
 and a short end-to-end run whose export sample.py loads."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +12,17 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402
-from videodit.checkpoint import save_module, write_config  # noqa: E402
-from videodit.config import Config, load_config  # noqa: E402
+from videodit.checkpoint import CheckpointError, save_module, write_config  # noqa: E402
+from videodit.config import Config, ConfigError, load_config  # noqa: E402
 from videodit.dit import DiT  # noqa: E402
+from videodit.train import TrainError  # noqa: E402
+from videodit.train.batches import BatchPlan, global_batch_indices  # noqa: E402
+from videodit.train.distributed import Dist  # noqa: E402
+from videodit.train.trainer import EMA, Trainer  # noqa: E402
+from videodit.train.trainer import run as train_run  # noqa: E402
 from videodit.vae import VideoVAE  # noqa: E402
+from videodit.video_io import DataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +47,16 @@ def overrides(vae_ckpt: Path, out: Path, steps: int = 6, **extra) -> list[str]:
     return [f"--{k}={v}" for k, v in args.items()]
 
 
-def make_trainer(args: list[str], resume: str = "") -> train.Trainer:
+def make_trainer(args: list[str], resume: str = "") -> Trainer:
     cfg = load_config(None, args)
-    return train.Trainer(cfg, resume, train.Dist())
+    return Trainer(cfg, resume, Dist())
 
 
-def weights(trainer: train.Trainer) -> dict[str, torch.Tensor]:
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.module.state_dict().items()}
 
 
-def assert_same_run(a: train.Trainer, b: train.Trainer, steps: int) -> None:
+def assert_same_run(a: Trainer, b: Trainer, steps: int) -> None:
     """Same losses at every step and the same final weights, within 1e-6."""
     la, lb = dict(a.losses), dict(b.losses)
     assert la.keys() == lb.keys() == set(range(steps))
@@ -139,7 +144,7 @@ def test_nan_loss(vae_ckpt, tmp_path, policy):
 
     tr.task.inputs = poisoned
     if policy == "stop":
-        with pytest.raises(train.TrainError, match="step 4.*step_0000003"):
+        with pytest.raises(TrainError, match="step 4.*step_0000003"):
             tr.fit()
         assert not (tmp_path / "checkpoints" / "step_0000006").exists()
         again = make_trainer(overrides(vae_ckpt, tmp_path, steps=6), resume="auto")  # the last good one loads
@@ -163,10 +168,16 @@ def test_nan_loss(vae_ckpt, tmp_path, policy):
         (["--model.text_dim=32"], "text_dim"),
     ],
 )
-def test_bad_setups_fail_before_any_work(vae_ckpt, tmp_path, capsys, extra, needle):
-    rc = train.main(overrides(vae_ckpt, tmp_path) + extra)
-    assert rc == 2 and needle in capsys.readouterr().err
+def test_bad_setups_fail_before_any_work(vae_ckpt, tmp_path, extra, needle):
+    with pytest.raises((TrainError, ConfigError, CheckpointError, DataError), match=re.escape(needle)):
+        train_run(load_config(None, overrides(vae_ckpt, tmp_path) + extra))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_error_is_one_line_and_exit_2(vae_ckpt, tmp_path):
+    r = run([sys.executable, str(ROOT / "train.py"), *overrides(vae_ckpt, tmp_path), "--train.lr=0"])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: train.lr must be > 0, got 0"], r.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -205,11 +216,11 @@ def test_ema_warms_up_and_forgets_the_initialisation():
     """A fixed 0.999 decay kept 13% of the random init after 2000 steps (a VAE exported 7 dB worse than its
     weights); with the warm-up the average follows the weights early and reaches the set decay later."""
     w = torch.zeros(3)
-    ema = train.EMA({"w": w}, decay=0.999)
+    ema = EMA({"w": w}, decay=0.999)
     for step in range(2000):
         ema.update({"w": torch.ones(3)}, step)
     assert float(ema.shadow["w"][0]) > 0.99
-    ema2 = train.EMA({"w": torch.zeros(1)}, decay=0.999)
+    ema2 = EMA({"w": torch.zeros(1)}, decay=0.999)
     ema2.update({"w": torch.ones(1)}, 100000)  # late: the set decay
     assert abs(float(ema2.shadow["w"][0]) - 0.001) < 1e-6
 
@@ -261,9 +272,9 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint(vae_ckpt, tmp_path):
     assert (out / "export" / "dit.safetensors").stat().st_size > 0
 
 
-def test_export_only_without_a_checkpoint_is_an_error(vae_ckpt, tmp_path, capsys):
-    rc = train.main(overrides(vae_ckpt, tmp_path / "empty") + ["--export-only"])
-    assert rc == 2 and "no checkpoint" in capsys.readouterr().err
+def test_export_only_without_a_checkpoint_is_an_error(vae_ckpt, tmp_path):
+    with pytest.raises(TrainError, match="no checkpoint"):
+        train_run(load_config(None, overrides(vae_ckpt, tmp_path / "empty")), export_only=True)
     assert not (tmp_path / "empty" / "export").exists()
 
 
@@ -279,7 +290,7 @@ class _Bucketed:
 
 def test_batches_of_a_bucketed_dataset_hold_one_clip_length_and_depend_on_the_step_only():
     ds = _Bucketed([(3, 8, 8)] * 40 + [(9, 8, 8)] * 25)
-    plan = train.BatchPlan(ds, batch=8, seed=1)
+    plan = BatchPlan(ds, batch=8, seed=1)
     assert plan.per_epoch == 5 + 3  # full batches per bucket; the remainders wait for the next epoch
     steps = [plan(s) for s in range(3 * plan.per_epoch)]
     assert all(len(b) == 8 and len({ds.shapes[i] for i in b}) == 1 for b in steps)
@@ -287,12 +298,12 @@ def test_batches_of_a_bucketed_dataset_hold_one_clip_length_and_depend_on_the_st
     assert len(set(first_epoch)) == len(first_epoch)  # no clip twice in an epoch
     assert {ds.shapes[b[0]][0] for b in steps[: plan.per_epoch]} == {3, 9}  # both lengths every epoch
     assert steps[plan.per_epoch :] != steps[: plan.per_epoch]  # each epoch reshuffles
-    fresh = train.BatchPlan(ds, batch=8, seed=1)
+    fresh = BatchPlan(ds, batch=8, seed=1)
     assert [fresh(s) for s in (17, 2, 9)] == [steps[17], steps[2], steps[9]]  # resume: any step, same batch
     one = _Bucketed([(3, 8, 8)] * 40)
-    assert train.BatchPlan(one, 8, 1)(4) == train.global_batch_indices(40, 8, 4, 1)  # one length: unchanged
-    with pytest.raises(train.TrainError, match="batch_size"):
-        train.BatchPlan(_Bucketed([(3, 8, 8)] * 5 + [(9, 8, 8)] * 5), batch=8, seed=0)
+    assert BatchPlan(one, 8, 1)(4) == global_batch_indices(40, 8, 4, 1)  # one length: unchanged
+    with pytest.raises(TrainError, match="batch_size"):
+        BatchPlan(_Bucketed([(3, 8, 8)] * 5 + [(9, 8, 8)] * 5), batch=8, seed=0)
 
 
 def test_anchor_gap_trains_on_the_first_chunk_then_a_later_run(vae_ckpt, tmp_path):

@@ -8,16 +8,20 @@ naming the key (nanoGPT's configurator, made strict and typed).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CHECKPOINT_POLICIES = ("full", "save_matmuls")  # train.checkpoint_policy (videodit.speed)
+CHECKPOINT_POLICIES = ("full", "save_matmuls")  # train.checkpoint_policy (videodit.train.parallelize)
 
 
 class ConfigError(ValueError):
@@ -26,17 +30,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class DiTConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # a size from DIT_PRESETS (tiny, small, base, xl); explicit keys override it
     in_channels: int = 16  # latent channels of the VAE
     patch: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw) in latent units
-    hidden: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
+    hidden: int = 128  # token width
+    depth: int = 4  # DiT blocks (spatial, temporal, cross-attention, MLP each)
+    heads: int = 4  # attention heads; hidden / heads is the head width (even, for rotary positions)
+    mlp_ratio: float = 4.0  # MLP width / hidden
     text_dim: int = 64  # width of the text encoder's embeddings
     chunk_frames: int = 2  # latent frames (after patchify) per causal chunk of temporal attention
-    rope_theta: float = 10000.0
-    qk_norm: bool = True
+    rope_theta: float = 10000.0  # base of the rotary position frequencies
+    qk_norm: bool = True  # RMSNorm on queries and keys (stable attention logits)
     # kernel of the short temporal attention: "sdpa" (torch's fused kernels) or "dense" (two batched matmuls
     # and a softmax, which torch.compile fuses; cheaper than a launch-bound fused kernel at ~16 tokens)
     temporal_attention: str = "sdpa"
@@ -70,9 +74,9 @@ DIT_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class VAEConfig:
-    preset: str = "tiny"
-    latent_channels: int = 16
-    base_channels: int = 16
+    preset: str = "tiny"  # a size from VAE_PRESETS (tiny, small, full); explicit keys override it
+    latent_channels: int = 16  # channels of the latents the DiT sees
+    base_channels: int = 16  # width of the first (full-resolution) stage
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # one stage per entry; a x2 spatial downsampling between stages
     num_res_blocks: int = 1  # residual blocks per stage (encoder and decoder alike)
     temporal_down: tuple[bool, ...] = (False, True, True)  # which downsamplings also halve time (as Wan 2.1)
@@ -83,23 +87,21 @@ class VAEConfig:
     # train the decoder only (with train.init): the latent space, and so a DiT trained on it, stays valid
     freeze_encoder: bool = False
     # loss weights (training)
-    kl_weight: float = 1e-6
-    ssim_weight: float = 0.2
+    kl_weight: float = 1e-6  # weight of the KL term (VAE training)
+    ssim_weight: float = 0.2  # weight of the 1 - SSIM term (VAE training)
     # L1 weighted per pixel by flow.detail_weights of the clip (mean 1 per frame): the pixels that stand out of
     # their frame (the objects, their edges) count more than the flat background that is most of it. 0 = plain L1
     detail_weight: float = 0.0
-    # > 0: the decoder learns from noisy latents: each clip's posterior sample gets Gaussian noise of a std drawn
-    # uniformly from [0, latent_noise] (raw latent units), so that it decodes a generator's imperfect latents
-    # (a DiT's small per-frame errors) into stable shapes instead of reading every error as detail. 0 = off
-    latent_noise: float = 0.0
     gan_weight: float = 0.0  # 0 disables the patch-GAN term
-    gan_start_step: int = 2000
+    gan_start_step: int = 2000  # step at which the patch-GAN term switches on
 
 
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(base_channels=16, channel_mults=(1, 2, 4, 4), num_res_blocks=1),  # ~2M params, CPU
     "small": dict(base_channels=64, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
-    "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),  # Wan 2.1 VAE class
+    # 128 wide with two residual blocks per stage and no attention: the size class of the published causal video VAEs,
+    # but not Wan 2.1's architecture (96 wide, three decoder blocks per stage, mid-block attention)
+    "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
 }
 
 
@@ -109,9 +111,9 @@ class TextConfig:
     max_length: int = 128  # ByT5 tokens are bytes: 128 holds the longest shapes caption
     # the tiny built-in encoder (used when `pretrained` is empty)
     tiny_d_model: int = 64
-    tiny_layers: int = 2
-    tiny_heads: int = 4
-    tiny_d_ff: int = 128
+    tiny_layers: int = 2  # its encoder layers
+    tiny_heads: int = 4  # its attention heads
+    tiny_d_ff: int = 128  # its feed-forward width
     # its tokenizer: "byte" (ByT5's, any text) or "words" (the shapes caption language's 82 words, anything
     # else <unk>): a random frozen encoder hands the DiT a word as one token instead of a run of bytes to
     # assemble, which a tiny DiT learns to follow far sooner (see README, "The shipped model")
@@ -121,9 +123,9 @@ class TextConfig:
 @dataclass
 class FlowConfig:
     logit_mean: float = 0.0  # logit-normal sampling of t (SD3, Esser et al. 2024)
-    logit_std: float = 1.0
+    logit_std: float = 1.0  # spread of the logit-normal t
     shift_base_tokens: int = 256  # the timestep shift is sqrt(tokens / base), clamped to [1, shift_max]
-    shift_max: float = 3.0
+    shift_max: float = 3.0  # the largest token-count shift
     # a fixed timestep shift for training and sampling (> 0) instead of the token-count rule above. Video
     # models shift far toward noise (Wan 2.1 samples with 5, HunyuanVideo with 7): with a clean context the
     # motion of the next chunk is decided at high noise, which logit-normal(0, 1) alone rarely trains
@@ -138,8 +140,9 @@ class FlowConfig:
     # expert that takes over the last sampling steps (sample.expert_t), where small shapes are finished
     t_max: float = 1.0
     per_chunk_t: bool = True  # diffusion forcing: an independent t for every causal chunk
-    clean_context_prob: float = 0.5  # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0),
-    # the context the model sees when sampling chunk by chunk
+    # with per_chunk_t: chance that a random prefix of chunks is clean (t = 0), the context the model sees when
+    # sampling chunk by chunk
+    clean_context_prob: float = 0.5
     # chance that a clip whose first chunk is noisy gets a clean first latent frame (t = 0) instead: the model
     # then predicts how a known first picture moves, where the caption's direction is the main unknown (in a
     # whole noisy first chunk the text's say on motion is a few % of the loss and is barely learned); pairs
@@ -154,13 +157,9 @@ class FlowConfig:
     # > 0: weight the loss toward latent positions that stand out of their frame (flow.detail_weights): small
     # objects are a few latent pixels of a mostly flat frame, so plain MSE spends little on their shape
     detail_weight: float = 0.0
-    # > 0: add this times the mean squared *change* of the velocity error between consecutive latent frames at the
-    # same noise level: errors that flicker from frame to frame (a small object's shape read differently in each
-    # latent frame) cost more than the same error held steady. 0 = plain MSE
-    temporal_weight: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
     latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
-    latent_shift: float = 0.0
+    latent_shift: float = 0.0  # see latent_scale (estimated with it)
 
 
 @dataclass
@@ -173,7 +172,7 @@ class DataConfig:
     manifest: str = ""  # clips manifest (JSONL) decoded on the fly
     frames: int = 17  # video frames per training clip (1 + 4k)
     size: int = 64  # square frame size in pixels
-    fps: int = 8
+    fps: int = 8  # frames per second the clips are sampled at (and videos generated at)
     batch_size: int = 4  # global batch (all ranks, one optimizer step, before accumulation)
     num_workers: int = 0  # DataLoader worker processes prefetching training batches (0 = load in the trainer)
     crop: int = 0  # VAE training: random square crops of this size (a multiple of 8; 0 = whole frames)
@@ -185,45 +184,45 @@ class TrainConfig:
     vae: str = ""  # checkpoint folder of a trained VAE (task dit): encodes clips on the fly, ships with the export
     init: str = ""  # an export folder whose weights start this run (fine-tuning; dit.safetensors / vae.safetensors)
     deepspeed: str = ""  # optional DeepSpeed JSON (configs/deepspeed/); batch, precision and clipping come from here
-    out_dir: str = "runs/default"
-    steps: int = 1000
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 100
+    out_dir: str = "runs/default"  # the run folder: checkpoints, logs, export
+    steps: int = 1000  # optimizer steps of the run
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW's betas
+    warmup_steps: int = 100  # linear warm-up of the learning rate
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # clip the global gradient norm to this (0 = off)
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    ema_decay: float = 0.999  # decay of the exponential moving average of the weights that is exported
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16" or "fp32"
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass (less memory)
     checkpoint_policy: str = "full"  # "full" (recompute each block) or "save_matmuls" (recompute element-wise ops only)
     compile: bool = False  # regional torch.compile: each transformer / VAE block compiled once, in place
     zero_stage: int = 0  # 0 = plain DDP-style data parallel; 1, 2, 3 = DeepSpeed ZeRO
-    offload_optimizer: bool = False
+    offload_optimizer: bool = False  # ZeRO: keep the optimizer state in CPU memory
     nan_policy: str = "stop"  # "stop" or "skip"
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 200
+    seed: int = 0  # the run's seed: batches, timesteps, noise and dropout derive from (seed, step)
+    log_every: int = 10  # steps between log lines
+    ckpt_every: int = 200  # steps between resume checkpoints
     sample_every: int = 0  # 0 disables sample videos during training
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest complete resume checkpoints kept
     wandb: str = "offline"  # "online", "offline" or "disabled"
-    wandb_project: str = "videodit"
+    wandb_project: str = "videodit"  # the wandb project runs log to
 
 
 @dataclass
 class SampleConfig:
-    steps: int = 12
-    cfg_scale: float = 3.0
-    # guidance for every chunk after the first (< 0: cfg_scale). The first chunk sets the motion, which strong
+    steps: int = 12  # sampling steps per chunk
+    cfg_scale: float = 3.0  # classifier-free guidance scale (1 = none)
+    # guidance for every chunk after the first (null: cfg_scale). The first chunk sets the motion, which strong
     # guidance stiffens; the later ones hold the prompted colour and shape over the minute, which it helps
-    cfg_scale_later: float = -1.0
+    cfg_scale_later: float | None = None
     # guidance interval (after Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample
     # and Distribution Quality in Diffusion Models"): at noise levels t below cfg_low_t the steps use cfg_scale_low
     # instead. Strong guidance sets colour, shape and motion while the chunk is still noise; kept on the last,
     # nearly clean steps it over-sharpens small objects into the wrong shape. 0 = off (one scale all the way)
     cfg_low_t: float = 0.0
-    cfg_scale_low: float = 1.0
+    cfg_scale_low: float = 1.0  # guidance scale of the steps below cfg_low_t
     # a low-noise expert (eDiff-I, Balaji et al. 2022; Wan 2.2's two experts): the steps at noise levels t below
     # expert_t use a second DiT (dit_low.safetensors in the checkpoint, trained with flow.t_max; shaped by
     # dit_low.yaml when it differs from the main one), so the last steps, where small shapes are finished, get a
@@ -234,12 +233,6 @@ class SampleConfig:
     # standard deviation (0 = the deterministic ODE, 1 = ancestral sampling). Re-drawn noise corrects part of each
     # step's error instead of carrying it to t = 0
     churn: float = 0.0
-    # make this many candidates of every chunk and keep the one the model itself finds most text-like: the
-    # denoising error without the prompt (the negative prompt) minus that with it, at the noise levels select_t
-    # and the same noises for every candidate (the model as a diffusion classifier, Li et al. 2023, "Your
-    # Diffusion Model is Secretly a Zero-Shot Classifier"). 1 = off; time grows about best_of-fold
-    best_of: int = 1
-    select_t: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     window_chunks: int = 2  # recent clean chunks each new chunk attends to, besides the anchor (the first chunk)
     # keep the first chunk in the cache for the whole video (identity), laid out just before the window; off: a
     # plain rolling window of window_chunks, always contiguous in time as in training
@@ -248,20 +241,11 @@ class SampleConfig:
     # chunk's own small errors from the chunks after it, so they do not compound (noise augmentation of
     # the context, as in GameNGen, Valevski et al. 2024); training already shows noisy past chunks
     context_noise: float = 0.0
-    # history guidance (after Song et al. 2025, "History-Guided Video Diffusion"): each step also predicts the
-    # chunk without its past and moves away from that prediction, v += g (v_with_past - v_without_past), which
-    # strengthens what the cache says (the objects on screen) against what the prompt alone says; 0 = off
-    history_guidance: float = 0.0
     # sample the first chunk, keep its first latent frame, then sample the chunk's later frames again from
     # noise with that frame clean (t = 0), so the prompt sets the motion from a known start. Needs a model
     # trained with flow.clean_first_frame_prob > 0
     first_frame_first: bool = False
-    # warm start (0 = off): each chunk after the first starts at noise level t = warm_start from the last latent
-    # frame of the chunk before it, held still over the chunk and mixed with noise, x = (1 - t) last + t eps,
-    # instead of from pure noise at t = 1; its objects begin where, and as what, they were. Fewer steps run
-    # (those of the schedule below warm_start)
-    warm_start: float = 0.0
-    max_seconds: float = 600.0
+    max_seconds: float = 600.0  # the longest video a request may ask for
 
 
 @dataclass
@@ -285,7 +269,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {"model": DIT_PRESETS, "vae": VA
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting the harmless cases (list -> tuple, int -> float)."""
     origin = typing.get_origin(tp)
-    if tp is Any:
+    if tp is Any or (tp is type(None) and value is None):
         return value
     if tp is bool:
         if isinstance(value, bool):
@@ -363,12 +347,36 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Options removed because they measured no gain (experiments/LOG.md, "Retired options"), with the value that meant
+# "off". A config written before their removal (a checkpoint, a run folder) still loads when it has them off; one
+# that uses them is refused, since this code can no longer do what it asks.
+RETIRED: dict[str, Any] = {
+    "sample.best_of": 1, "sample.select_t": None, "sample.history_guidance": 0.0, "sample.warm_start": 0.0,
+    "flow.temporal_weight": 0.0, "vae.latent_noise": 0.0,
+}
+
+
+def _drop_retired(d: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for dotted, off in RETIRED.items():
+        section, key = dotted.split(".")
+        sec = out.get(section)
+        if isinstance(sec, dict) and key in sec:
+            value = sec.pop(key)
+            if off is not None and value != off:
+                raise ConfigError(f"config key '{dotted}' was removed (it measured no gain; experiments/LOG.md); "
+                                  f"delete it or set it to {off}")
+    if isinstance(out.get("sample"), dict) and out["sample"].get("cfg_scale_later") == -1:
+        out["sample"]["cfg_scale_later"] = None  # written as -1 ("same as cfg_scale") before null meant that
+    return out
+
+
 def from_dict(d: dict[str, Any]) -> Config:
     """Build a Config from a (possibly partial) nested dict; presets expand before explicit keys."""
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
     cfg = Config()
-    d = dict(d)
+    d = _drop_retired(d)
     for section, presets in PRESETS.items():
         sec = d.get(section)
         if isinstance(sec, dict) and "preset" in sec:
@@ -381,6 +389,14 @@ def from_dict(d: dict[str, Any]) -> Config:
     _apply(cfg, d, "")
     validate(cfg)
     return cfg
+
+
+def override(obj: Any, updates: dict[str, Any], prefix: str) -> Any:
+    """A copy of the section dataclass `obj` with `updates` (its own keys, e.g. {'churn': 0.5}) applied and
+    type-checked; keys are named `prefix + key` in errors. Range checks are the caller's (check_sample, validate)."""
+    out = copy.deepcopy(obj)
+    _apply(out, updates, prefix)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -429,9 +445,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file '{p}' not found; pass an existing YAML file, e.g. configs/tiny.yaml")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file '{p}' is not UTF-8 text; give a YAML file (configs/*.yaml)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read config file '{p}': {e.strerror}") from None
         if not isinstance(d, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of sections (model:, train:, ...)")
     if overrides:
@@ -444,57 +464,139 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+# The allowed range of every numeric key, checked in one place before any work: (low, high, what it is).
+# Bounds are inclusive unless written as an open interval in the text; every value must also be finite.
+INF = float("inf")
+RANGES: dict[str, tuple[float, float, str]] = {
+    "model.in_channels": (1, INF, ">= 1"),
+    "model.hidden": (1, INF, ">= 1"),
+    "model.depth": (1, INF, ">= 1"),
+    "model.heads": (1, INF, ">= 1"),
+    "model.mlp_ratio": (0, INF, "> 0"),
+    "model.text_dim": (1, INF, ">= 1"),
+    "model.chunk_frames": (1, INF, ">= 1"),
+    "model.rope_theta": (0, INF, "> 0"),
+    "model.rope_grid_scale": (0, INF, "> 0 (1 unless re-patched)"),
+    "model.text_refiner": (0, INF, ">= 0 (text refiner blocks)"),
+    "vae.latent_channels": (1, INF, ">= 1"),
+    "vae.base_channels": (1, INF, ">= 1"),
+    "vae.num_res_blocks": (1, INF, ">= 1"),
+    "vae.kl_weight": (0, INF, ">= 0"),
+    "vae.ssim_weight": (0, INF, ">= 0"),
+    "vae.detail_weight": (0, INF, ">= 0 (0 = plain L1)"),
+    "vae.gan_weight": (0, INF, ">= 0 (0 = off)"),
+    "vae.gan_start_step": (0, INF, ">= 0"),
+    "text.max_length": (1, INF, ">= 1"),
+    "text.tiny_d_model": (1, INF, ">= 1"),
+    "text.tiny_layers": (1, INF, ">= 1"),
+    "text.tiny_heads": (1, INF, ">= 1"),
+    "text.tiny_d_ff": (1, INF, ">= 1"),
+    "flow.logit_std": (0, INF, "> 0"),
+    "flow.shift_base_tokens": (1, INF, ">= 1"),
+    "flow.shift_max": (1, INF, ">= 1"),
+    "flow.shift": (0, INF, "> 0 (a fixed timestep shift) or 0 (from the token count)"),
+    "flow.uniform_t_prob": (0, 1, "a probability in [0, 1]"),
+    "flow.t_max": (0, 1, "in (0, 1] (the highest noise level trained)"),
+    "flow.clean_context_prob": (0, 1, "a probability in [0, 1]"),
+    "flow.clean_first_frame_prob": (0, 1, "a probability in [0, 1]"),
+    "flow.anchor_gap_prob": (0, 1, "a probability in [0, 1]"),
+    "flow.detail_weight": (0, INF, ">= 0 (0 = plain MSE)"),
+    "flow.text_dropout": (0, 1, "a probability in [0, 1]"),
+    "flow.latent_scale": (0, INF, ">= 0 (0 = estimate at the start of training)"),
+    "data.num_clips": (1, INF, ">= 1"),
+    "data.frames": (1, INF, "1 + 4k (e.g. 17)"),
+    "data.size": (8, INF, "a multiple of 8"),
+    "data.fps": (1, INF, ">= 1"),
+    "data.batch_size": (1, INF, ">= 1"),
+    "data.num_workers": (0, INF, ">= 0"),
+    "data.crop": (0, INF, "a multiple of 8 (0 = whole frames)"),
+    "train.steps": (1, INF, ">= 1"),
+    "train.lr": (0, INF, "> 0"),
+    "train.weight_decay": (0, INF, ">= 0"),
+    "train.warmup_steps": (0, INF, ">= 0"),
+    "train.min_lr_ratio": (0, 1, "in [0, 1]"),
+    "train.grad_clip": (0, INF, ">= 0 (0 = no clipping)"),
+    "train.grad_accum": (1, INF, ">= 1"),
+    "train.ema_decay": (0, 1, "in [0, 1)"),
+    "train.seed": (0, 2**63 - 1, "in [0, 2**63 - 1]"),
+    "train.log_every": (1, INF, ">= 1"),
+    "train.ckpt_every": (1, INF, ">= 1"),
+    "train.sample_every": (0, INF, ">= 0 (0 = off)"),
+    "train.keep_checkpoints": (1, INF, ">= 1"),
+    "sample.steps": (1, 1000, "between 1 and 1000"),
+    "sample.cfg_scale": (0, INF, ">= 0 (1 = no guidance)"),
+    "sample.cfg_scale_later": (0, INF, ">= 0, or null for sample.cfg_scale"),
+    "sample.cfg_low_t": (0, 1, "in [0, 1] (0 = off)"),
+    "sample.cfg_scale_low": (0, INF, ">= 0"),
+    "sample.expert_t": (0, 1, "in [0, 1] (0 = no low-noise expert)"),
+    "sample.churn": (0, 1, "in [0, 1] (0 = deterministic sampling)"),
+    "sample.window_chunks": (0, INF, ">= 0"),
+    "sample.context_noise": (0, 1, "in [0, 1)"),
+    "sample.max_seconds": (0, INF, "> 0"),
+}
+# keys whose low (>) or high (<) bound is excluded
+OPEN_LOW = {"model.mlp_ratio", "model.rope_theta", "model.rope_grid_scale", "flow.logit_std", "flow.t_max",
+            "train.lr", "sample.max_seconds"}
+OPEN_HIGH = {"train.ema_decay", "sample.context_noise"}
+
+
+def check_range(key: str, value: float, label: str | None = None) -> None:
+    """Raise ConfigError naming `label` (default: the key) when `value` is not finite or outside RANGES[key]."""
+    lo, hi, what = RANGES[key]
+    ok = math.isfinite(value) and (value > lo if key in OPEN_LOW else value >= lo) and (
+        value < hi if key in OPEN_HIGH else value <= hi)
+    if not ok:
+        raise ConfigError(f"{label or key} must be {what}, got {value:g}")
+
+
+def check_sample(s: SampleConfig, label: Callable[[str], str] = lambda k: f"sample.{k}") -> None:
+    """The sampling knobs' one validation (config files, `--sample.KEY`, sample.py's flags, the Python API);
+    `label` names a key the way the caller's user wrote it (e.g. 'cfg_scale' -> '--cfg')."""
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if f"sample.{f.name}" in RANGES and value is not None:
+            check_range(f"sample.{f.name}", value, label(f.name))
+    if s.sampler not in ("euler", "heun"):
+        raise ConfigError(f"{label('sampler')} must be euler or heun, got '{s.sampler}'")
+
+
 def validate(cfg: Config) -> None:
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj):
+            key, value = f"{section.name}.{f.name}", getattr(obj, f.name)
+            if key in RANGES and not key.startswith("sample.") and value is not None:
+                check_range(key, value)
+    check_sample(cfg.sample)
     m = cfg.model
     if m.hidden % m.heads:
         raise ConfigError(f"model.hidden ({m.hidden}) must be divisible by model.heads ({m.heads})")
     if (m.hidden // m.heads) % 2:
         raise ConfigError("model.hidden / model.heads must be even (rotary embeddings rotate pairs)")
-    if min(m.patch) < 1 or m.chunk_frames < 1 or m.depth < 1:
-        raise ConfigError("model.patch entries, model.chunk_frames and model.depth must be >= 1")
-    if not m.rope_grid_scale > 0:
-        raise ConfigError(f"model.rope_grid_scale must be > 0 (1 unless re-patched), got {m.rope_grid_scale}")
-    if m.text_refiner < 0:
-        raise ConfigError(f"model.text_refiner (text refiner blocks) must be >= 0, got {m.text_refiner}")
+    if min(m.patch) < 1:
+        raise ConfigError(f"model.patch entries must be >= 1, got {list(m.patch)}")
     if m.temporal_attention not in ("sdpa", "dense"):
         raise ConfigError(f"model.temporal_attention must be 'sdpa' or 'dense', got '{m.temporal_attention}'")
-    if cfg.flow.shift < 0:
-        raise ConfigError(f"flow.shift must be > 0 (a fixed timestep shift) or 0 (from the token count), "
-                          f"got {cfg.flow.shift}")
     if cfg.text.tiny_tokenizer not in ("byte", "words"):
         raise ConfigError(f"text.tiny_tokenizer must be 'byte' or 'words', got '{cfg.text.tiny_tokenizer}'")
-    if not 0.0 <= cfg.flow.uniform_t_prob <= 1.0:
-        raise ConfigError(f"flow.uniform_t_prob is a probability in [0, 1], got {cfg.flow.uniform_t_prob}")
-    if not 0.0 < cfg.flow.t_max <= 1.0:
-        raise ConfigError(f"flow.t_max (the highest noise level trained) must be in (0, 1], got {cfg.flow.t_max}")
-    if not cfg.flow.detail_weight >= 0:
-        raise ConfigError(f"flow.detail_weight must be >= 0 (0 = plain MSE), got {cfg.flow.detail_weight}")
-    if not cfg.flow.temporal_weight >= 0:
-        raise ConfigError(f"flow.temporal_weight must be >= 0 (0 = plain MSE), got {cfg.flow.temporal_weight}")
-    if not 0.0 <= cfg.flow.anchor_gap_prob <= 1.0:
-        raise ConfigError(f"flow.anchor_gap_prob is a probability in [0, 1], got {cfg.flow.anchor_gap_prob}")
+    if cfg.text.tiny_d_model % cfg.text.tiny_heads:
+        raise ConfigError(f"text.tiny_d_model ({cfg.text.tiny_d_model}) must be divisible by text.tiny_heads "
+                          f"({cfg.text.tiny_heads})")
     if cfg.flow.anchor_gap_prob > 0 and not cfg.flow.per_chunk_t:
         raise ConfigError("flow.anchor_gap_prob needs flow.per_chunk_t: true (the anchor and the chunk after the gap "
                           "are clean context, which takes a timestep per chunk); set flow.per_chunk_t: true or "
                           "flow.anchor_gap_prob: 0")
-    if not 0.0 <= cfg.flow.clean_first_frame_prob <= 1.0:
-        raise ConfigError(
-            f"flow.clean_first_frame_prob is a probability in [0, 1], got {cfg.flow.clean_first_frame_prob}"
-        )
-    if not 0.0 <= cfg.sample.expert_t <= 1.0:
-        raise ConfigError(f"sample.expert_t must be in [0, 1] (0 = no low-noise expert), got {cfg.sample.expert_t}")
-    if not cfg.sample.select_t or not all(0.0 < v <= 1.0 for v in cfg.sample.select_t):
-        raise ConfigError(f"sample.select_t: noise levels in (0, 1] to score --best-of candidates at, "
-                          f"got {list(cfg.sample.select_t)}")
     if (cfg.data.frames - 1) % 4:
         raise ConfigError(f"data.frames must be 1 + 4k (e.g. 17), got {cfg.data.frames}")
     if cfg.data.crop % 8 or cfg.data.crop > cfg.data.size:
         raise ConfigError(f"data.crop must be a multiple of 8 and at most data.size, got {cfg.data.crop}")
     if cfg.data.size % 8:
         raise ConfigError(f"data.size must be a multiple of 8, got {cfg.data.size}")
-    t = cfg.train
     if cfg.data.source not in ("shapes", "manifest", "shards"):
         raise ConfigError(f"data.source must be shapes, manifest or shards, got '{cfg.data.source}'")
+    t = cfg.train
+    if not all(0 <= b < 1 for b in t.betas):
+        raise ConfigError(f"train.betas must both be in [0, 1), got {list(t.betas)}")
     if t.task not in ("dit", "vae"):
         raise ConfigError(f"train.task must be 'dit' or 'vae', got '{t.task}'")
     if t.precision not in ("auto", "bf16", "fp32"):
@@ -507,10 +609,90 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):
         raise ConfigError(f"train.wandb must be online, offline or disabled, got '{t.wandb}'")
-    if not (cfg.vae.detail_weight >= 0 and cfg.vae.latent_noise >= 0):
-        raise ConfigError(f"vae.detail_weight and vae.latent_noise must be >= 0 (0 = off), got "
-                          f"{cfg.vae.detail_weight} and {cfg.vae.latent_noise}")
     if cfg.vae.freeze_encoder and not (t.task == "vae" and t.init):
         raise ConfigError("vae.freeze_encoder fine-tunes a trained VAE's decoder: set train.task vae and train.init")
-    if t.steps < 1 or t.grad_accum < 1 or cfg.data.batch_size < 1:
-        raise ConfigError("train.steps, train.grad_accum and data.batch_size must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the configuration reference (docs/configuration.md), generated from the dataclasses and their comments
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in this file: the one on its line, else the block of comment lines just above it."""
+    import inspect
+
+    lines, _ = inspect.getsourcelines(cls)
+    out, block = {}, []
+    for line in lines[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            block.append(text.lstrip("# ").strip())
+            continue
+        name = text.split(":")[0].strip()
+        if ":" in text and name.isidentifier() and not text.startswith(("def ", "@", '"""')):
+            inline = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+            out[name] = inline or " ".join(block)
+        block = []
+    return out
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    text = re.split(r"(?<=\.)\s+(?=[A-Z])", text)[0]
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + " …"
+
+
+def reference() -> str:
+    """docs/configuration.md: every key of every section with its type, default and a one-line meaning."""
+    def fmt(v: Any) -> str:
+        return "null" if v is None else repr(list(v)) if isinstance(v, tuple) else repr(v)
+
+    def type_name(tp: Any) -> str:
+        return getattr(tp, "__name__", str(tp)).replace("typing.", "") if typing.get_origin(tp) is None else (
+            str(tp).replace("typing.", ""))
+
+    out = ["# Configuration reference", "",
+           "Generated from the dataclasses in `videodit/config.py` by `python -m videodit.config --doc "
+           "docs/configuration.md`; a test fails when this file is out of date. Set a key in a YAML file "
+           "(`configs/*.yaml`, `section: {key: value}`) or on the command line as `--section.key VALUE` (train.py; "
+           "sample.py takes `--sample.KEY VALUE`). Presets (`model.preset`, `vae.preset`) set several keys at "
+           "once; explicit keys win. Numeric ranges are checked before any work (`RANGES` in `videodit/config.py`).",
+           ""]
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        hints, notes, default = _hints(cls), _field_comments(cls), cls()
+        out += [f"## `{section.name}`", "", (cls.__doc__ or "").strip() if cls.__doc__ and not
+                cls.__doc__.startswith(cls.__name__ + "(") else "", "",
+                "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for f in dataclasses.fields(cls):
+            key = f"{section.name}.{f.name}"
+            meaning = _first_sentence(notes.get(f.name, ""))
+            meaning = meaning + ("" if meaning.endswith((".", "…")) else ".") if meaning else ""
+            if key in RANGES:
+                meaning += f" Range: {RANGES[key][2]}."
+            cells = [f"`{key}`", type_name(hints[f.name]), f"`{fmt(getattr(default, f.name))}`", meaning.strip()]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
+        if section.name in PRESETS:
+            out += [f"Presets for `{section.name}.preset`: " + "; ".join(
+                f"`{name}` ({', '.join(f'{k} {fmt(v)}' for k, v in p.items())})" for name, p in
+                PRESETS[section.name].items()) + ".", ""]
+    return "\n".join(line for i, line in enumerate(out) if line or (i and out[i - 1])) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m videodit.config", description="The configuration reference.")
+    ap.add_argument("--doc", help="write the Markdown reference here (docs/configuration.md); else print it")
+    args = ap.parse_args(argv)
+    text = reference()
+    if args.doc:
+        Path(args.doc).write_text(text)
+        print(f"wrote {args.doc}")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,7 +7,7 @@ The expert is a DiT fine-tuned with flow.t_max >= t (train.py ... --flow.t_max 0
 shape; its dit.safetensors is copied to CKPT/dit_low.safetensors and CKPT/config.yaml gets sample.expert_t = t.
 An expert shaped otherwise (finer patches from `python -m videodit.repatch`, more blocks) is allowed when it reads
 the same latents and text (model.in_channels, chunk_frames, text_dim); its config then goes to CKPT/dit_low.yaml.
-Every write goes to a temporary file first. `sample.py --expert-t 0` samples without the expert again. `--bf16`
+Every write goes to a temporary file first. `sample.py --sample.expert_t 0` samples without the expert again. `--bf16`
 stores the expert's weights in bfloat16 (half the bytes; they are cast back to the model's dtype on load).
 
     python -m videodit.expert --checkpoint checkpoints/tiny --extract runs/low_init

@@ -113,17 +113,12 @@ def detail_weights(x0: Tensor, strength: float, cap: float = 10.0) -> Tensor:
     return w.view(B, 1, T, H, W)
 
 
-def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor, detail_weight: float = 0.0,
-              temporal_weight: float = 0.0) -> Tensor:
+def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor, detail_weight: float = 0.0) -> Tensor:
     """Mean squared error between the predicted and the true velocity ε - x_0, over the frames with t > 0
     (a clean context frame carries no noise to predict). detail_weight > 0 weights positions by
-    `detail_weights` (mean 1 per frame, so the loss keeps its scale). temporal_weight > 0 adds that times the
-    mean squared change of the error e = pred - (ε - x_0) between consecutive latent frames that share a noise
-    level t > 0: at equal t the x_0 estimate x_t - t·pred is off by -t·e, so this penalises x_0 estimates
-    that jitter from frame to frame more than errors held steady over time."""
+    `detail_weights` (mean 1 per frame, so the loss keeps its scale)."""
     pred = model(interpolate(x0, noise, t), t)
-    e = pred.float() - (noise - x0).float()  # (B, C, T, H, W)
-    err = e.pow(2)
+    err = (pred.float() - (noise - x0).float()).pow(2)  # (B, C, T, H, W)
     if detail_weight > 0:
         err = err * detail_weights(x0, detail_weight)
     B, T = x0.shape[0], x0.shape[2]
@@ -134,24 +129,7 @@ def flow_loss(model: VelocityFn, x0: Tensor, t: Tensor, noise: Tensor, detail_we
         # equals the loss of the global batch (data parallel gives the same gradients as one process)
         w = (t > 0).float().view(B, 1, T, 1, 1).expand_as(err)
         loss = ((err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp_min(1.0)).mean()
-    if temporal_weight > 0 and T > 1:
-        tt = t.view(B, 1).expand(B, T) if t.dim() == 1 else t
-        d = (e[:, :, 1:] - e[:, :, :-1]).pow(2)  # (B, C, T - 1, H, W)
-        pair = ((tt[:, 1:] == tt[:, :-1]) & (tt[:, 1:] > 0)).float().view(B, 1, T - 1, 1, 1).expand_as(d)
-        loss = loss + temporal_weight * ((d * pair).flatten(1).sum(1) / pair.flatten(1).sum(1).clamp_min(1.0)).mean()
     return loss
-
-
-def guided(cond: VelocityFn, uncond: VelocityFn, scale: float) -> VelocityFn:
-    """Classifier-free guidance (Ho & Salimans 2022): v_u + s (v_c - v_u). Scale 1 is the conditional field."""
-    if scale == 1.0:
-        return cond
-
-    def v(x: Tensor, t: Tensor) -> Tensor:
-        vu = uncond(x, t)
-        return vu + scale * (cond(x, t) - vu)
-
-    return v
 
 
 def schedule(steps: int, shift: float) -> list[float]:

@@ -19,17 +19,16 @@ from videodit.config import TextConfig
 BYT5_VOCAB = 384  # 256 bytes + 3 special tokens, rounded up as in ByT5
 
 
-def word_tokenizer():
-    """A word-level tokenizer over the shapes caption language (`shapes.vocabulary`), built offline with the
-    `tokenizers` library: lower-cased words and punctuation marks, <unk> for any other word, </s> appended, T5's
-    special ids (<pad> 0, </s> 1, <unk> 2). Saved with the model (tokenizer.json), so it loads like any other."""
+def word_tokenizer(words: list[str]):
+    """A word-level tokenizer over `words` (a caption language, e.g. the shapes dataset's `vocabulary()`), built
+    offline with the `tokenizers` library: lower-cased words and punctuation marks, <unk> for any other word, </s>
+    appended, T5's special ids (<pad> 0, </s> 1, <unk> 2). Saved with the model (tokenizer.json), so it loads like
+    any other and the vocabulary travels with the checkpoint."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from videodit.data.shapes import vocabulary
-
     specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {w: i for i, w in enumerate(specials + vocabulary())}
+    vocab = {w: i for i, w in enumerate(specials + list(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     # the same split as shapes.split_words: runs of letters/digits, and every other non-space character alone
@@ -52,10 +51,13 @@ class TextEncoder(nn.Module):
         return self.model.config.d_model
 
     @classmethod
-    def tiny(cls, cfg: TextConfig, seed: int = 0) -> TextEncoder:
+    def tiny(cls, cfg: TextConfig, seed: int = 0, words: list[str] | None = None) -> TextEncoder:
+        """The tiny built-in T5 (random, seeded). text.tiny_tokenizer "words" needs the caption language `words`."""
         from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
-        tokenizer = word_tokenizer() if cfg.tiny_tokenizer == "words" else ByT5Tokenizer()
+        if cfg.tiny_tokenizer == "words" and not words:
+            raise ValueError("text.tiny_tokenizer 'words' needs the vocabulary: TextEncoder.tiny(cfg, words=[...])")
+        tokenizer = word_tokenizer(words) if cfg.tiny_tokenizer == "words" else ByT5Tokenizer()
         t5cfg = T5Config(
             vocab_size=len(tokenizer) if cfg.tiny_tokenizer == "words" else BYT5_VOCAB,
             d_model=cfg.tiny_d_model,
@@ -74,8 +76,10 @@ class TextEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, max_length: int) -> TextEncoder:
         from transformers import AutoTokenizer, ByT5Tokenizer, T5EncoderModel
+        from transformers.utils import logging as hf_logging
 
         path = str(path)
+        hf_logging.disable_progress_bar()  # a bar per load would bury the one line a CLI prints
         try:
             model = T5EncoderModel.from_pretrained(path)
         except OSError as e:
@@ -92,8 +96,8 @@ class TextEncoder(nn.Module):
         return cls(model, tokenizer, max_length)
 
     @classmethod
-    def from_config(cls, cfg: TextConfig) -> TextEncoder:
-        return cls.from_pretrained(cfg.pretrained, cfg.max_length) if cfg.pretrained else cls.tiny(cfg)
+    def from_config(cls, cfg: TextConfig, words: list[str] | None = None) -> TextEncoder:
+        return cls.from_pretrained(cfg.pretrained, cfg.max_length) if cfg.pretrained else cls.tiny(cfg, words=words)
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path), safe_serialization=True)
@@ -123,41 +127,3 @@ class TextEncoder(nn.Module):
         ids, mask = ids.to(device), mask.to(device)
         emb = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, L, D)
         return emb * mask[..., None], mask
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m videodit.text_encoder OUT [--tokenizer words]: save the tiny built-in T5 as a T5 folder, for
-    `--text.pretrained OUT` in training and `--text-encoder OUT` in `videodit-data cache`."""
-    import argparse
-    import sys
-
-    from videodit.checkpoint import save_text_encoder
-
-    ap = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
-    ap.add_argument("out", help="folder to create; the encoder lands in OUT/text_encoder")
-    ap.add_argument("--tokenizer", choices=["byte", "words"], default="words")
-    ap.add_argument("--d-model", type=int, default=TextConfig.tiny_d_model)
-    ap.add_argument("--layers", type=int, default=TextConfig.tiny_layers)
-    ap.add_argument("--heads", type=int, default=TextConfig.tiny_heads)
-    ap.add_argument("--d-ff", type=int, default=TextConfig.tiny_d_ff)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    cfg = TextConfig(tiny_d_model=args.d_model, tiny_layers=args.layers, tiny_heads=args.heads,
-                     tiny_d_ff=args.d_ff, tiny_tokenizer=args.tokenizer)
-    if args.d_model % args.heads:
-        print(f"error: --d-model ({args.d_model}) must be divisible by --heads ({args.heads})", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        save_text_encoder(TextEncoder.tiny(cfg, seed=args.seed), out)
-    except OSError as e:
-        print(f"error: cannot write '{out}': {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out / 'text_encoder'} ({args.tokenizer} tokenizer, d_model {args.d_model}); "
-          f"use --text.pretrained {out / 'text_encoder'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

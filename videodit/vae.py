@@ -23,7 +23,6 @@ memory budget and tile in space with overlapping tiles whose seams are blended l
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -84,10 +83,10 @@ def _channels_last(x: Tensor) -> Tensor:
 
 # How the layers compute, never what: each choice gives the same function up to float rounding (tests). "auto"
 # takes the device's entry here, the fastest measured (benchmarks/vae_gpu.py on an H100, bench/vae.py on CPU).
-KERNELS = {"conv": ("conv3d", "fold"), "upsample": ("interp", "transposed"), "norm": ("eager", "compiled")}
+KERNELS = {"upsample": ("interp", "transposed")}
 AUTO_KERNELS = {
-    "cpu": {"conv": "conv3d", "upsample": "transposed", "norm": "eager"},
-    "cuda": {"conv": "conv3d", "upsample": "transposed", "norm": "eager"},
+    "cpu": {"upsample": "transposed"},
+    "cuda": {"upsample": "transposed"},
 }
 
 
@@ -113,32 +112,6 @@ def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
     return conv(x)
 
 
-def _folded_conv(xp: Tensor, conv: nn.Conv3d, n: int) -> Tensor:
-    """A (kt, kh, kw) conv with time stride 1 as one 2D conv: the kt frames of each window stacked in channels.
-
-    Same products and sums as the 3D conv (a partial im2col in time), but 2D kernels are the ones GPU libraries
-    tune hardest. xp (B, C, n + kt - 1, H, W) channels-last -> (B, C', n, H, W) channels-last.
-    """
-    kt = conv.weight.shape[2]
-    stacked = torch.cat([xp[:, :, i : i + n] for i in range(kt)], dim=1)  # (B, kt C, n, H, W)
-    w = conv.weight.transpose(1, 2).flatten(1, 2)  # (C', kt C, kh, kw), tap-major like `stacked`
-    y = F.conv2d(rearrange(stacked, "b c t h w -> (b t) c h w"), w, conv.bias, padding=conv.padding[1:])
-    return rearrange(y, "(b t) c h w -> b c t h w", b=xp.shape[0])
-
-
-def _norm_silu(x: Tensor, gain: Tensor, eps: float) -> Tensor:
-    # written out rather than F.rms_norm, whose shape argument would make the compiler specialise on the width
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.square().mean(dim=1, keepdim=True) + eps) * gain.float().view(1, -1, 1, 1, 1)
-    return F.silu(y).to(x.dtype)
-
-
-@functools.cache
-def _compiled_norm_silu() -> Callable:
-    """`_norm_silu` as one read and one write of the activation (torch.compile, built on first use)."""
-    return torch.compile(_norm_silu, dynamic=True)
-
-
 class ChannelRMSNorm(nn.Module):
     """RMSNorm over channels at each (t, h, w): per frame and per pixel, hence causal and chunk-exact."""
 
@@ -146,12 +119,9 @@ class ChannelRMSNorm(nn.Module):
         super().__init__()
         self.gain = nn.Parameter(torch.ones(channels))
         self.eps = eps
-        self.kernel = "auto"  # VideoVAE.set_kernels; "compiled": norm and SiLU in one generated kernel
 
     def act(self, x: Tensor) -> Tensor:
         """SiLU(norm(x)), the pair every conv is preceded by."""
-        if _kernel("norm", self.kernel, x) == "compiled":
-            return _compiled_norm_silu()(_channels_last(x), self.gain.view(-1), self.eps)  # a view: not static
         return F.silu(self(x))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -178,7 +148,6 @@ class CausalConv3d(nn.Module):
         self.kt, self.stride_t = kt, stride_t
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride=(stride_t, 1, 1), padding=(0, kh // 2, kw // 2))
         self.key = ""  # the module path; VideoVAE sets it so the cache can find this conv's past frames
-        self.kernel = "auto"  # VideoVAE.set_kernels; "fold": one 2D conv over the kt frames stacked in channels
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
         assert self.key, "CausalConv3d.key is set by VideoVAE; build convs inside a VideoVAE"
@@ -197,8 +166,6 @@ class CausalConv3d(nn.Module):
         if n == 0:
             B, _, _, H, W = x.shape
             return x.new_zeros(B, self.conv.out_channels, 0, H, W)
-        if self.stride_t == 1 and _kernel("conv", self.kernel, x) == "fold":
-            return _folded_conv(xp, self.conv, n)
         return _conv(xp[:, :, : (n - 1) * self.stride_t + self.kt], self.conv)  # (B, C', n, H, W)
 
 
@@ -435,25 +402,18 @@ class VideoVAE(nn.Module):
             if isinstance(m, CausalConv3d):
                 m.key = name
 
-    def set_kernels(self, conv: str = "auto", upsample: str = "auto", norm: str = "auto") -> VideoVAE:
+    def set_kernels(self, upsample: str = "auto") -> VideoVAE:
         """Choose how the layers compute; the function stays the same (up to float rounding).
 
-        conv: "conv3d" (cuDNN / oneDNN 3D convolution) or "fold" (the temporal taps stacked in channels, one 2D
-        convolution). upsample: "interp" (nearest x2, then the 3x3 conv) or "transposed" (the equivalent
-        stride-2 transposed conv: 16 products per input pixel instead of 36). norm: "eager" or "compiled" (the
-        RMSNorm + SiLU before each conv as one torch.compile kernel; the first call compiles). "auto": the
-        fastest measured on the input's device (`AUTO_KERNELS`).
+        upsample: "interp" (nearest x2, then the 3x3 conv) or "transposed" (the equivalent stride-2 transposed
+        conv: 16 products per input pixel instead of 36). "auto": the fastest measured on the input's device
+        (`AUTO_KERNELS`).
         """
-        for kind, choice in (("conv", conv), ("upsample", upsample), ("norm", norm)):
-            if choice != "auto" and choice not in KERNELS[kind]:
-                raise ValueError(f"{kind} kernel must be 'auto' or one of {KERNELS[kind]}, got {choice!r}")
+        if upsample != "auto" and upsample not in KERNELS["upsample"]:
+            raise ValueError(f"upsample kernel must be 'auto' or one of {KERNELS['upsample']}, got {upsample!r}")
         for m in self.modules():
-            if isinstance(m, CausalConv3d):
-                m.kernel = conv
-            elif isinstance(m, SpaceUp):
+            if isinstance(m, SpaceUp):
                 m.kernel = upsample
-            elif isinstance(m, ChannelRMSNorm):
-                m.kernel = norm
         return self
 
     def _pixel_mean(self, x: Tensor) -> Tensor:
@@ -526,22 +486,14 @@ class VideoVAE(nn.Module):
         x = self.decoder(z, frames)
         return x + self._pixel_mean(x), VAECache(frames, cache.seen + z.shape[2], "decode")
 
-    def forward(self, x: Tensor, latent_noise: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Whole video for training: (B, 3, T, H, W) -> (reconstruction from a posterior sample, mean, logvar).
-
-        latent_noise > 0 adds Gaussian noise to each clip's posterior sample, its std drawn from U(0, latent_noise)
-        per clip (see VAEConfig.latent_noise). Stateless (cache None), so activation checkpointing may re-run any
-        block.
-        """
+        Stateless (cache None), so activation checkpointing may re-run any block."""
         self.check_video(x, VAECache())
         x = x.to(self.encoder.conv_in.conv.weight.dtype)  # fp32 clips meet bf16 weights under DeepSpeed's bf16
         mean, logvar = self.encoder(x - self._pixel_mean(x), None)  # (B, C, T', h, w) each
         post = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
-        z = post.sample()
-        if latent_noise > 0:
-            std = torch.rand(z.shape[0], 1, 1, 1, 1, device=z.device, dtype=z.dtype) * latent_noise
-            z = z + std * torch.randn_like(z)
-        recon = self.decoder(z, None) + self._pixel_mean(x)  # (B, 3, T, H, W)
+        recon = self.decoder(post.sample(), None) + self._pixel_mean(x)  # (B, 3, T, H, W)
         return recon, post.mean, post.logvar
 
 

@@ -106,7 +106,7 @@ def vae_loss(
     """
     if video.ndim == 4:
         video = video.unsqueeze(2)  # an image is a one-frame video
-    recon, mean, logvar = vae(video, cfg.latent_noise)  # (B, 3, T, H, W), (B, C, T', h, w) twice
+    recon, mean, logvar = vae(video)  # (B, 3, T, H, W), (B, C, T', h, w) twice
     err = (recon - video).abs()
     if cfg.detail_weight > 0:
         err = err * detail_weights(video, cfg.detail_weight)

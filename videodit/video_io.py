@@ -12,6 +12,7 @@ an error or a crash never leaves a partial mp4 behind.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import tempfile
@@ -33,11 +34,26 @@ class VideoError(DataError):
     """A video that cannot be opened, decoded or written."""
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def temp_path_for(path: str | Path) -> str:
     """A new empty temporary file next to `path` (same folder, so a rename into place is atomic), with the
-    permissions a normal file would get (mkstemp's are 0600)."""
+    permissions a normal file would get (mkstemp's are 0600). Its name carries this process's id, so temporary
+    files of `path` left by a killed process (one no longer running) are removed here first."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = old.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

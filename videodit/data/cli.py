@@ -5,6 +5,7 @@
     videodit-data cache clips.jsonl --vae CKPT [--text-encoder PATH] --out shards/ [--rank R --world-size W]
                         [--on-error skip|stop]   (skip: bad clips are left out, listed in shards/skipped.jsonl)
     videodit-data cache --shapes 4000 --frames 33 --vae CKPT --out shards/   (procedural clips, no mp4 files)
+    videodit-data text-encoder OUT [--tokenizer words]   (a tiny random T5 for the shapes captions, saved offline)
 
 `python -m videodit.data ...` is the same command.
 """
@@ -81,11 +82,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-shards", type=int, help="stop after this many shards (the rest on a later run)")
     p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
                    help="a missing or unreadable clip: skip it (listed in OUT/skipped.jsonl) or stop the run")
+
+    p = sub.add_parser("text-encoder", help="save the tiny built-in T5 (seeded) as a T5 folder OUT/text_encoder, "
+                                            "for --text.pretrained in training and --text-encoder in cache")
+    p.add_argument("out", help="folder to create; the encoder lands in OUT/text_encoder")
+    p.add_argument("--tokenizer", choices=["byte", "words"], default="words",
+                   help="words: the shapes caption language (82 words, <unk> for others); byte: ByT5's, any text")
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
     return parser
 
 
+def save_tiny_text_encoder(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from videodit.checkpoint import save_text_encoder
+    from videodit.config import TextConfig
+    from videodit.data.shapes import vocabulary
+    from videodit.text_encoder import TextEncoder
+
+    if args.d_model % args.heads:
+        raise DataError(f"--d-model ({args.d_model}) must be divisible by --heads ({args.heads})")
+    cfg = TextConfig(tiny_d_model=args.d_model, tiny_layers=args.layers, tiny_heads=args.heads, tiny_d_ff=args.d_ff,
+                     tiny_tokenizer=args.tokenizer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_text_encoder(TextEncoder.tiny(cfg, seed=args.seed, words=vocabulary()), out)
+    print(f"wrote {out / 'text_encoder'} ({args.tokenizer} tokenizer, d_model {args.d_model}); "
+          f"use --text.pretrained {out / 'text_encoder'}")
+
+
 def run(args: argparse.Namespace) -> None:
-    if args.command == "shapes":
+    if args.command == "text-encoder":
+        save_tiny_text_encoder(args)
+    elif args.command == "shapes":
         from videodit.data.shapes import generate
 
         frames = args.frames if args.frames or args.seconds else 17

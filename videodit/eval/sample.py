@@ -23,28 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videodit.config import parse_overrides
 from videodit.data.shapes import make_example, render_clip
 from videodit.eval.shapes import evaluate_videos, format_table
-from videodit.generate import Pipeline, Request, generate
+from videodit.generate import Pipeline, generate
 from videodit.video_io import read_video, write_video
-
-# sampling flags of this evaluation -> the sample.* key they override; an omitted flag keeps the checkpoint's value
-SAMPLE_FLAGS = {
-    "steps": (int, "steps", "sampling steps"),
-    "cfg": (float, "cfg_scale", "guidance scale"),
-    "cfg-later": (float, "cfg_scale_later", "guidance for the chunks after the first"),
-    "cfg-low-t": (float, "cfg_low_t", "guidance interval: steps below this noise level use --cfg-low"),
-    "cfg-low": (float, "cfg_scale_low", "guidance below --cfg-low-t"),
-    "window": (int, "window_chunks", "recent chunks in the KV cache"),
-    "anchor": ("onoff", "anchor", "keep the first chunk in the cache"),
-    "context-noise": (float, "context_noise", "noise level at which finished chunks enter the cache"),
-    "history-guidance": (float, "history_guidance", "history guidance scale"),
-    "first-frame-first": ("onoff", "first_frame_first", "sample the first latent frame first"),
-    "best-of": (int, "best_of", "candidates per chunk, the model's text evidence picks one"),
-    "churn": (float, "churn", "stochastic sampling 0..1"),
-    "expert-t": (float, "expert_t", "low-noise expert below this noise level (0 = off)"),
-    "warm-start": (float, "warm_start", "later chunks start at this noise level from the frame before (0 = off)"),
-}
 
 _PIPES: dict[str, Pipeline] = {}
 
@@ -64,8 +47,8 @@ def seam_args(cfg) -> dict:
 def generate_one(checkpoint: str, prompt: str, seconds: float, seed: int, out: str, overrides: dict) -> Path:
     """One video of `prompt` into `out` with the checkpoint's sampling settings, `overrides` (sample.* key ->
     value) on top. The only call into videodit.generate: adapt here when its API changes."""
-    req = Request(prompts=[prompt], at=[0.0], seconds=seconds, seed=seed, **overrides)
-    return generate(_PIPES[checkpoint], req, Path(out))
+    pipe = _PIPES[checkpoint]
+    return generate(pipe, pipe.request(prompt, seconds=seconds, seed=seed, sample=overrides), Path(out))
 
 
 def _generate_job(job: tuple) -> Path:
@@ -83,15 +66,11 @@ def vae_round_trip(pipe: Pipeline, frames: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m videodit.eval.sample", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m videodit.eval.sample", description=__doc__.split("\n")[0],
+                                 epilog="Sampling: --sample.KEY VALUE (as sample.py); omitted = the checkpoint's")
     ap.add_argument("--checkpoint", default="checkpoints/tiny")
     ap.add_argument("--num", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
-    for flag, (kind, _, text) in SAMPLE_FLAGS.items():
-        if kind == "onoff":
-            ap.add_argument(f"--{flag}", choices=["on", "off"], help=f"{text}; default: the checkpoint's")
-        else:
-            ap.add_argument(f"--{flag}", type=kind, help=f"{text}; default: the checkpoint's")
     ap.add_argument("--objects", type=int, default=0,
                     help="only prompts with this many objects (the first --num of them; each keeps its seed)")
     ap.add_argument("--seed", type=int, default=1000, help="held-out split seed (prompts) and sampling seed base")
@@ -101,7 +80,11 @@ def main() -> None:
     ap.add_argument("--vae-seconds", type=float, default=10.0,
                     help="seconds of each ground-truth clip to round-trip through the VAE (0 skips this control)")
     ap.add_argument("--jobs", type=int, default=1, help="generate in this many processes (threads split evenly)")
-    args = ap.parse_args()
+    args, rest = ap.parse_known_args()
+    flat = parse_overrides(rest)
+    if any(not k.startswith("sample.") for k in flat):
+        ap.error(f"only --sample.KEY overrides are taken, got {[k for k in flat if not k.startswith('sample.')]}")
+    overrides = {k.removeprefix("sample."): v for k, v in flat.items()}
 
     pipe = Pipeline.load(args.checkpoint)
     cfg = pipe.cfg
@@ -117,11 +100,6 @@ def main() -> None:
     from tqdm import tqdm
 
     t0 = time.time()
-    overrides = {}
-    for flag, (kind, key, _) in SAMPLE_FLAGS.items():
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
-            overrides[key] = value == "on" if kind == "onoff" else value
     jobs = [(args.checkpoint, p, args.seconds, args.seed + i, str(out_dir / f"{i:03d}.mp4"), overrides)
             for i, p in zip(index, prompts)]
     with contextlib.ExitStack() as stack:

@@ -1,0 +1,30 @@
+"""What the command-line entry points share: argument errors as one line, signals as a clean stop."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import NoReturn
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the flag (exit 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT arrived: unwind (temporary files are removed on the way) and exit."""
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGINT into `Interrupted`, so `with` blocks and `finally` clauses run before the exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_interrupted)

@@ -1,0 +1,142 @@
+"""Process groups, DeepSpeed set-up and its safe checkpoint loading: everything that knows about ranks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from videodit.config import Config
+from videodit.train import TrainError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_dist(use_deepspeed: bool) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 or use_deepspeed:
+        if not use_deepspeed:
+            raise TrainError(f"{world} processes need DeepSpeed: add --train.zero_stage 1, 2 or 3")
+        deepspeed = import_deepspeed()
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if world > 1 or "MASTER_ADDR" in os.environ:
+            deepspeed.init_distributed(dist_backend=backend)
+        else:  # a single process without a launcher: a one-member group on this machine
+            os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+            deepspeed.init_distributed(dist_backend=backend)
+    rank = int(os.environ.get("RANK", "0"))
+    return Dist(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def import_deepspeed():
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise TrainError("train.zero_stage > 0 needs DeepSpeed: pip install -e '.[train]'") from e
+    return deepspeed
+
+
+def all_reduce_max(x: float, dist: Dist) -> float:
+    if dist.world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device_of(dist))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_mean(x: float, dist: Dist) -> float:
+    if dist.world == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device_of(dist))
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / dist.world
+
+
+def device_of(dist: Dist) -> torch.device:
+    return torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def full_params(module: nn.Module, zero_stage: int):
+    """Full (gathered) parameters of `module` for reading, also under ZeRO-3."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def deepspeed_config(cfg: Config, dist: Dist, micro: int, precision: str) -> dict:
+    t = cfg.train
+    ds: dict = {}
+    if t.deepspeed:
+        p = Path(t.deepspeed)
+        if not p.is_file():
+            raise TrainError(f"train.deepspeed '{p}' not found (see configs/deepspeed/)")
+        ds = json.loads(p.read_text())
+    ours = {
+        "train_batch_size": cfg.data.batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": t.grad_accum,
+        "gradient_clipping": t.grad_clip,
+    }
+    for key, value in ours.items():
+        if key in ds and ds[key] not in (value, "auto"):
+            raise TrainError(f"{t.deepspeed} sets {key}={ds[key]} but our config gives {value}; "
+                             "set it once, in the videodit config, and remove it from the JSON")
+        ds[key] = value
+    zero = ds.setdefault("zero_optimization", {})
+    if "stage" in zero and zero["stage"] != t.zero_stage:
+        raise TrainError(f"{t.deepspeed} has ZeRO stage {zero['stage']} but train.zero_stage is {t.zero_stage}")
+    zero["stage"] = t.zero_stage
+    if t.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds["bf16"] = {"enabled": precision == "bf16"}
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def install_safe_deepspeed_load() -> None:
+    """DeepSpeed unpickles its own checkpoint files; make it do so with weights_only=True."""
+    from deepspeed.runtime.checkpoint_engine import torch_checkpoint_engine as tce
+
+    def load(self, path: str, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+    tce.TorchCheckpointEngine.load = load
+    safe = []
+    with contextlib.suppress(ImportError):
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+
+        safe.append(ZeroStageEnum)
+    with contextlib.suppress(ImportError):
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        safe.append(fragment_address)
+    with contextlib.suppress(ImportError):
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+        safe.append(LossScaler)
+    import argparse as _argparse
+    import collections
+
+    safe += [_argparse.Namespace, collections.OrderedDict, set]
+    torch.serialization.add_safe_globals(safe)

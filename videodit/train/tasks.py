@@ -1,0 +1,222 @@
+"""What a training step computes: the DiT's rectified-flow loss or the VAE's reconstruction loss, each network
+wrapped with its loss so DeepSpeed sees one module; what a task exports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from videodit.checkpoint import (
+    CheckpointError,
+    atomic_save_state,
+    load_state,
+    load_text_encoder,
+    load_vae,
+    read_config,
+    save_text_encoder,
+)
+from videodit.config import Config, ConfigError
+from videodit.data.datasets import collate
+from videodit.dit import DiT
+from videodit.flow import anchor_gap_index, flow_loss, sample_t, take_frames
+from videodit.train import TrainError
+from videodit.train.batches import step_generator
+
+
+class DiTLoss(nn.Module):
+    def __init__(self, dit: DiT, detail_weight: float = 0.0):
+        super().__init__()
+        self.dit = dit
+        self.detail_weight = detail_weight
+
+    def forward(self, x0: Tensor, noise: Tensor, t: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        return flow_loss(lambda xt, tt: self.dit(xt, tt, text, text_mask), x0, t, noise, self.detail_weight)
+
+
+class VAELoss(nn.Module):
+    def __init__(self, vae: nn.Module, cfg: Config):
+        super().__init__()
+        self.vae = vae
+        self.cfg = cfg
+
+    def forward(self, video: Tensor, step: Tensor) -> Tensor:
+        from videodit.vae_loss import vae_loss
+
+        loss, _ = vae_loss(self.vae, video, self.cfg.vae, int(step.item()))
+        return loss
+
+
+class DiTTask:
+    """Turns a global batch into the per-rank inputs of DiTLoss: latents, noise, t and text, all from (seed, step)."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.text_encoder = load_text_encoder_for(cfg)
+        if cfg.model.text_dim != self.text_encoder.dim:
+            raise TrainError(f"model.text_dim ({cfg.model.text_dim}) must equal the text encoder's width "
+                             f"({self.text_encoder.dim}); set --model.text_dim {self.text_encoder.dim}")
+        self.text_encoder.to(device)
+        self.vae = None
+        if cfg.train.vae:  # the run (and its export) records the VAE it was trained with, pixel_mean and all
+            try:
+                cfg.vae = read_config(cfg.train.vae).vae
+            except (CheckpointError, ConfigError) as e:
+                raise TrainError(f"train.vae: {e}") from e
+        elif cfg.data.source == "shards":
+            print("warning: no train.vae: the export will hold no VAE, and sample.py needs one", file=sys.stderr)
+        if cfg.data.source != "shards":
+            if not cfg.train.vae:
+                raise TrainError("training the DiT on clips needs a trained VAE: set train.vae to its checkpoint "
+                                 "folder (train one with configs/vae_tiny.yaml), or train on cached shards")
+            try:
+                self.vae = load_vae(cfg.train.vae, cfg).to(device).requires_grad_(False)  # cfg.vae is its own
+            except (CheckpointError, ConfigError) as e:
+                raise TrainError(str(e)) from e
+            if self.vae.cfg.latent_channels != cfg.model.in_channels:
+                raise TrainError(f"model.in_channels ({cfg.model.in_channels}) must equal the VAE's latent channels "
+                                 f"({self.vae.cfg.latent_channels})")
+        self.null_emb, self.null_mask = self.text_encoder([""])
+
+    def model(self) -> nn.Module:
+        dit = DiT(self.cfg.model)
+        if self.cfg.train.init:
+            missing, unexpected = dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"), strict=False)
+            # an export from before model.first_chunk_embed or model.text_refiner starts with the new vector at
+            # zero and the refiner as the identity: the same model
+            new = {k for k in missing if k == "first_chunk" or k.startswith("text_refiner.")}
+            if unexpected or set(missing) - new:
+                raise TrainError(f"train.init: '{self.cfg.train.init}' does not match this model (missing "
+                                 f"{missing[:3]}, unexpected {unexpected[:3]}); give an export of the same config")
+        return DiTLoss(dit, self.cfg.flow.detail_weight)
+
+    @torch.no_grad()
+    def latents(self, batch: dict) -> Tensor:
+        if "latents" in batch:
+            z = batch["latents"].to(self.device)
+        else:
+            from videodit.vae import encode_video
+
+            z = encode_video(self.vae, batch["video"].to(self.device))
+        f = self.cfg.flow
+        return (z - f.latent_shift) * f.latent_scale
+
+    def estimate_latent_stats(self, dataset) -> None:
+        """Unit-variance latents (as SD's scale factor): measured once on a few clips, stored in the config."""
+        f = self.cfg.flow
+        if f.latent_scale > 0:
+            return
+        items = collate([dataset[i] for i in range(min(len(dataset), 16))])
+        f.latent_scale, f.latent_shift = 1.0, 0.0
+        z = self.latents(items)
+        f.latent_shift = float(z.mean())
+        f.latent_scale = float(1.0 / z.std().clamp_min(1e-6))
+
+    def inputs(self, batch: dict, step: int, sl: slice) -> dict:
+        """Per-rank model inputs for the global batch `batch` (its rows `sl` belong to this rank)."""
+        cfg = self.cfg
+        B = len(batch["caption"])
+        g = step_generator(cfg.train.seed, step, 1)
+        drop = torch.rand(B, generator=g) < cfg.flow.text_dropout
+        x0 = self.latents({k: (v[sl] if isinstance(v, (Tensor, list)) else v) for k, v in batch.items()})
+        gapped = None
+        if cfg.flow.anchor_gap_prob > 0:  # load_config: needs per_chunk_t
+            keep = cfg.sample.window_chunks + 1  # the recent chunks of the cache and the one being made
+            index = anchor_gap_index(B, x0.shape[2], cfg.model.chunk_frames, keep, cfg.flow.anchor_gap_prob, g)
+            if index is not None:
+                x0 = take_frames(x0, index[sl])
+                gapped = index[:, cfg.model.chunk_frames] > cfg.model.chunk_frames
+        shape = (B, *x0.shape[1:])
+        noise = torch.randn(shape, generator=g)[sl]
+        _, C, T, H, W = shape
+        pt, ph, pw = cfg.model.patch
+        tokens = (T // pt) * (H // ph) * (W // pw)
+        t = sample_t(B, T, cfg.model.chunk_frames, tokens, cfg.flow, g)[sl]
+        if gapped is not None:
+            # the chunk after the gap is only ever context, as in sampling (clean, no loss): a loss on it would
+            # teach that the chunk after the first may jump, which sampling's second chunk must not
+            context = gapped[sl, None] & (torch.arange(T) < 2 * cfg.model.chunk_frames)
+            t = t.masked_fill(context, 0.0)
+        if "text_emb" in batch:
+            emb, mask = batch["text_emb"][sl], batch["text_mask"][sl].bool()
+        else:
+            emb, mask = self.text_encoder(batch["caption"][sl])
+        emb, mask = emb.to(self.device), mask.to(self.device)
+        # text dropout: swap in the empty prompt's embedding, padded to the batch's length
+        d = drop[sl].to(self.device)
+        L = max(emb.shape[1], self.null_emb.shape[1])
+        emb = torch.cat([emb, emb.new_zeros(emb.shape[0], L - emb.shape[1], emb.shape[2])], 1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], L - mask.shape[1])], 1)
+        null = torch.cat([self.null_emb, self.null_emb.new_zeros(1, L - self.null_emb.shape[1], emb.shape[2])], 1)
+        nmask = torch.cat([self.null_mask, self.null_mask.new_zeros(1, L - self.null_mask.shape[1])], 1)
+        emb = torch.where(d[:, None, None], null.to(emb), emb)
+        mask = torch.where(d[:, None], nmask.to(mask), mask)
+        return dict(x0=x0, noise=noise.to(self.device), t=t.to(self.device), text=emb, text_mask=mask)
+
+    def export(self, module: nn.Module, folder: Path) -> None:
+        atomic_save_state(module.dit.state_dict(), folder / "dit.safetensors")
+        if self.cfg.train.vae:  # also when training on shards: the export must decode what the DiT makes
+            shutil.copyfile(Path(self.cfg.train.vae) / "vae.safetensors", folder / ".vae.tmp")
+            os.replace(folder / ".vae.tmp", folder / "vae.safetensors")
+        save_text_encoder(self.text_encoder, folder)
+
+
+class VAETask:
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+
+    def model(self) -> nn.Module:
+        from videodit.vae import VideoVAE
+
+        vae = VideoVAE(self.cfg.vae)
+        if self.cfg.train.init:
+            vae.load_state_dict(load_init(self.cfg.train.init, "vae.safetensors"))
+        if self.cfg.vae.freeze_encoder:
+            vae.encoder.requires_grad_(False)
+        return VAELoss(vae, self.cfg)
+
+    def estimate_latent_stats(self, dataset) -> None:
+        pass
+
+    def inputs(self, batch: dict, step: int, sl: slice) -> dict:
+        video = batch["video"]  # (B, 3, T, H, W)
+        c = self.cfg.data.crop
+        if c:  # the VAE is convolutional: crops teach it the same thing for a fraction of the compute
+            g = step_generator(self.cfg.train.seed, step, 2)
+            B, _, _, H, W = video.shape
+            ys = torch.randint(0, H - c + 1, (B,), generator=g).tolist()
+            xs = torch.randint(0, W - c + 1, (B,), generator=g).tolist()
+            video = torch.stack([v[:, :, y : y + c, x : x + c] for v, y, x in zip(video, ys, xs)])
+        return dict(video=video[sl].to(self.device), step=torch.tensor(step))
+
+    def export(self, module: nn.Module, folder: Path) -> None:
+        atomic_save_state(module.vae.state_dict(), folder / "vae.safetensors")
+        # the tiny T5 the DiT stage will use, so that this folder is all that `videodit-data cache --vae` and
+        # `train.vae` need, and shards and the DiT see the same embeddings. A text.pretrained T5 is not copied:
+        # checkpoint.load_text_encoder finds it again by the name in config.yaml.
+        if not self.cfg.text.pretrained:
+            save_text_encoder(load_text_encoder_for(self.cfg), folder)
+
+
+def load_init(folder: str, name: str) -> dict[str, Tensor]:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise TrainError(f"train.init: '{path}' not found; give an export folder of the same task")
+    return load_state(path)
+
+
+def load_text_encoder_for(cfg: Config):
+    from videodit.text_encoder import TextEncoder
+
+    # an explicit text.pretrained wins; else the one that came with the VAE checkpoint; else the tiny built-in
+    if not cfg.text.pretrained and cfg.train.vae and (Path(cfg.train.vae) / "text_encoder").is_dir():
+        return load_text_encoder(cfg.train.vae)
+    from videodit.data.shapes import vocabulary  # the word tokenizer's caption language: the shapes dataset's
+
+    return TextEncoder.from_config(cfg.text, words=vocabulary() if cfg.text.tiny_tokenizer == "words" else None)

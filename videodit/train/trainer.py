@@ -1,0 +1,411 @@
+"""The trainer: the loop, EMA, the learning-rate schedule, checkpoints that resume exactly, and the export to a
+checkpoint folder that sample.py loads.
+
+Everything that makes a run reproducible is derived from (seed, step): the global batch, the timesteps, the
+noise and the text dropout are drawn for the whole global batch and each rank takes its slice, so a run gives
+the same weights on 1 or N processes and a resumed run equals an uninterrupted one. DeepSpeed, autocast,
+EMA and activation checkpointing are applied to the model from outside."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from videodit.checkpoint import (
+    atomic_save_state,
+    load_state,
+    write_config,
+)
+from videodit.config import Config, load_config
+from videodit.data.datasets import collate
+from videodit.dit import DiT
+from videodit.train import TrainError
+from videodit.train.batches import BatchPlan, StepBatches, build_dataset, ignore_stop_signals
+from videodit.train.distributed import (
+    Dist,
+    all_mean,
+    all_reduce_max,
+    deepspeed_config,
+    device_of,
+    full_params,
+    import_deepspeed,
+    init_dist,
+    install_safe_deepspeed_load,
+)
+from videodit.train.logs import WandbLogger, save_loss_curve
+from videodit.train.parallelize import apply_activation_checkpointing, compile_blocks
+from videodit.train.tasks import DiTTask, VAETask
+
+
+def lr_lambda(cfg: Config):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        p = (step - t.warmup_steps) / max(t.steps - t.warmup_steps, 1)
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+    return f
+
+
+class EMA:
+    """Exponential moving average of the weights, kept in fp32 on every rank (gathered under ZeRO-3)."""
+
+    def __init__(self, params: dict[str, Tensor], decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, Tensor], step: int) -> None:
+        # warm-up (as in timm / Karras et al.): early on the average must forget the random initialisation;
+        # with a fixed 0.999 a 2000-step run still kept 13% of it (0.999 ** 2000) and scored 7 dB below the weights
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for k, v in params.items():
+            self.shadow[k].lerp_(v.detach().float(), 1 - decay)
+
+
+def named_params(module: nn.Module) -> dict[str, Tensor]:
+    # the same names as an unwrapped model's state_dict, also under activation checkpointing
+    return {k.replace("_checkpoint_wrapped_module.", ""): p for k, p in module.named_parameters()}
+
+
+def resolve_precision(cfg: Config) -> str:
+    p = cfg.train.precision
+    if p == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return p
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
+    return done[-1] if done else None
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, v in st.items():
+            out[f"{idx}.{name}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: str, dist: Dist):
+        self.cfg = cfg
+        self.dist = dist
+        self.device = device_of(dist)
+        self.run_dir = Path(cfg.train.out_dir)
+        self.precision = resolve_precision(cfg)
+        t = cfg.train
+        if self.precision == "bf16" and self.device.type == "cpu" and t.zero_stage == 0:
+            raise TrainError("bf16 on CPU is only supported through DeepSpeed; use --train.precision fp32")
+        per_step = cfg.data.batch_size
+        if per_step % (dist.world * t.grad_accum):
+            raise TrainError(f"data.batch_size ({per_step}) must be divisible by world size ({dist.world}) x "
+                             f"train.grad_accum ({t.grad_accum})")
+        self.micro = per_step // (dist.world * t.grad_accum)
+        if t.zero_stage and t.nan_policy == "skip" and t.grad_accum > 1:
+            raise TrainError("train.nan_policy skip with DeepSpeed needs train.grad_accum 1")
+        if t.task == "vae" and t.zero_stage and cfg.vae.gan_weight > 0:
+            raise TrainError("the VAE's GAN term is trained on one process; set --vae.gan_weight 0 or zero_stage 0")
+
+        self.dataset = build_dataset(cfg)
+        if len(self.dataset) == 0:
+            raise TrainError("the training data is empty")
+        self.plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
+        self.task = DiTTask(cfg, self.device) if t.task == "dit" else VAETask(cfg, self.device)
+        self.start_step = 0
+        self.resume_from = None
+        if resume:
+            self.resume_from = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
+            if resume != "auto" and not (self.resume_from / "COMPLETE").exists():
+                raise TrainError(f"--resume {resume}: not a complete checkpoint folder")
+        if self.resume_from is not None:  # the run's own config holds the latent statistics it trained with
+            saved = load_config(self.resume_from / "config.yaml")
+            cfg.flow.latent_scale, cfg.flow.latent_shift = saved.flow.latent_scale, saved.flow.latent_shift
+        self.task.estimate_latent_stats(self.dataset)
+
+        torch.manual_seed(t.seed)
+        self.module = self.task.model().to(self.device)
+        if t.activation_checkpointing:
+            apply_activation_checkpointing(self.module, t.checkpoint_policy)
+        if t.compile:
+            compile_blocks(self.module)
+        self.ema = EMA(named_params(self.module), t.ema_decay)
+        opt_kwargs = dict(lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        if self.device.type == "cuda":
+            opt_kwargs["fused"] = True
+        trainable = [p for p in self.module.parameters() if p.requires_grad]  # all but a frozen VAE encoder
+        optimizer = torch.optim.AdamW(trainable, **opt_kwargs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+        if t.zero_stage:
+            deepspeed = import_deepspeed()
+            install_safe_deepspeed_load()
+            ds_cfg = deepspeed_config(cfg, dist, self.micro, self.precision)
+            self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=self.module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+            )
+        else:
+            self.engine, self.optimizer, self.scheduler = None, optimizer, scheduler
+        self.losses: list[tuple[int, float]] = []
+        self.skipped = 0
+        if self.resume_from is not None:
+            self.load(self.resume_from)
+        self.stop_signal: str | None = None
+
+    # ---- checkpointing
+    def save(self, step: int) -> Path:
+        ckpt_root = self.run_dir / "checkpoints"
+        final = ckpt_root / f"step_{step:07d}"
+        tmp = ckpt_root / f".tmp_step_{step:07d}"
+        if self.dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
+        if self.dist.main:
+            if self.engine is None:
+                atomic_save_state(self.module.state_dict(), tmp / "model.safetensors")
+                atomic_save_state(optimizer_tensors(self.optimizer), tmp / "optimizer.safetensors")
+            atomic_save_state(self.ema.shadow, tmp / "ema.safetensors")
+            write_config(self.cfg, tmp)
+            state = dict(step=step, losses=self.losses, skipped=self.skipped)
+            (tmp / "trainer.json").write_text(json.dumps(state))
+            (tmp / "COMPLETE").write_text("ok\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            old = sorted(p for p in ckpt_root.glob("step_*") if (p / "COMPLETE").exists())
+            for p in old[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(p, ignore_errors=True)
+        self.barrier()
+        return final
+
+    def load(self, folder: Path) -> None:
+        state = json.loads((folder / "trainer.json").read_text())
+        if self.engine is not None:
+            if not (folder / "ds").is_dir():
+                raise TrainError(f"{folder} was written without DeepSpeed; resume with the same train.zero_stage")
+            self.engine.load_checkpoint(str(folder / "ds"), tag="state")
+        else:
+            if not (folder / "model.safetensors").exists():
+                raise TrainError(f"{folder} was written by DeepSpeed; resume with the same train.zero_stage")
+            self.module.load_state_dict(load_state(folder / "model.safetensors"))
+            load_optimizer_tensors(self.optimizer, load_state(folder / "optimizer.safetensors"))
+            self.scheduler.last_epoch = state["step"]
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            for g, f in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+                g["lr"] = g["initial_lr"] * f(state["step"])
+        self.ema.shadow = {k: v.float() for k, v in load_state(folder / "ema.safetensors").items()}
+        self.start_step = state["step"]
+        self.losses = [tuple(x) for x in state["losses"]]
+        self.skipped = state["skipped"]
+
+    def export(self, folder: Path | None = None) -> Path:
+        """EMA weights + config as a checkpoint folder that sample.py loads."""
+        folder = folder or self.run_dir / "export"
+        if self.dist.main:
+            folder.mkdir(parents=True, exist_ok=True)
+            module = copy.deepcopy(self.task.model())
+            missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
+            assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
+            self.task.export(module, folder)
+            # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
+            cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
+            write_config(cfg, folder)
+        self.barrier()
+        return folder
+
+    def barrier(self) -> None:
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+
+    # ---- one optimisation step
+    def batch_seed(self) -> int:
+        return self.cfg.data.seed + self.cfg.train.seed
+
+    def batches(self, start: int, end: int):
+        """Global batches of steps [start, end): loaded in this process, or by data.num_workers workers that
+        prefetch a few steps ahead (a procedural or decoded dataset keeps a GPU fed this way)."""
+        cfg = self.cfg
+        if cfg.data.num_workers <= 0:
+            for step in range(start, end):
+                yield collate([self.dataset[i] for i in self.plan(step)])
+            return
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=StepBatches(self.plan, start, end),
+            collate_fn=collate, num_workers=cfg.data.num_workers, prefetch_factor=4,
+            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals,
+        )  # fmt: skip
+        yield from loader
+
+    def train_step(self, step: int, batch: dict) -> float:
+        cfg, dist = self.cfg, self.dist
+        model = self.engine if self.engine is not None else self.module
+        total = 0.0
+        # bf16 without DeepSpeed: autocast. DeepSpeed's bf16 engine holds bf16 weights instead, and the models
+        # cast their fp32 inputs to their weights' dtype on entry (DiT._run, VideoVAE.forward)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.precision == "bf16" and self.device.type == "cuda" and self.engine is None
+            else contextlib.nullcontext()
+        )
+        for a in range(cfg.train.grad_accum):
+            start = (a * dist.world + dist.rank) * self.micro
+            inputs = self.task.inputs(batch, step, slice(start, start + self.micro))
+            with autocast:
+                loss = model(**inputs)
+            bad = all_reduce_max(0.0 if torch.isfinite(loss) else 1.0, dist)
+            if bad:
+                return float("nan")
+            if self.engine is not None:
+                self.engine.backward(loss)
+            else:
+                (loss / cfg.train.grad_accum).backward()
+            total += float(loss.detach()) / cfg.train.grad_accum
+        if self.engine is not None:
+            self.engine.step()
+            self.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        else:
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.train.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        with full_params(self.module, cfg.train.zero_stage):
+            self.ema.update(named_params(self.module), step)
+        return all_mean(total, dist)
+
+    def fit(self, stop_after: int | None = None) -> None:
+        cfg, dist = self.cfg, self.dist
+        t = cfg.train
+        from tqdm import tqdm
+
+        logger = WandbLogger(cfg, dist) if dist.main else None
+        bar = tqdm(total=t.steps, initial=self.start_step, disable=not dist.main, desc=f"train {t.task}",
+                   dynamic_ncols=True, file=sys.stdout)
+        self.install_signal_handlers()
+        last_log = time.time()
+        step = self.start_step
+        end = t.steps if stop_after is None else min(t.steps, self.start_step + stop_after)
+        batches = self.batches(step, end)
+        while step < end:
+            loss = self.train_step(step, next(batches))
+            if not math.isfinite(loss):
+                if t.nan_policy == "stop":
+                    last = latest_checkpoint(self.run_dir)
+                    raise TrainError(
+                        f"loss became {loss} at step {step}; stopping. The last good checkpoint is "
+                        f"{last or '(none yet)'}; lower train.lr or set train.nan_policy skip"
+                    )
+                self.skipped += 1
+                if dist.main:
+                    print(f"step {step}: non-finite loss, step skipped ({self.skipped} so far)", flush=True)
+                if self.engine is None:
+                    self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.losses.append((step, loss))
+            step += 1
+            bar.update(1)
+            if dist.main and (step % t.log_every == 0 or step == end):
+                dt = time.time() - last_log
+                last_log = time.time()
+                n = min(t.log_every, step) or 1
+                sps = n * cfg.data.batch_size / max(dt, 1e-9)
+                lr = self.optimizer.param_groups[0]["lr"]
+                msg = dict(step=step, loss=round(loss, 5), lr=lr, grad_norm=round(self.grad_norm, 4),
+                           samples_per_s=round(sps, 3), tokens_per_s=round(sps * self.tokens_per_sample(), 1),
+                           skipped=self.skipped)
+                bar.write(" ".join(f"{k}={v}" for k, v in msg.items()))
+                if logger:
+                    logger.log(msg, step)
+            if t.sample_every and step % t.sample_every == 0 and t.task == "dit":
+                self.sample_video(step, logger)
+            if step % t.ckpt_every == 0 or step == t.steps or self.stop_signal:
+                self.save(step)
+            if self.stop_signal:
+                if dist.main:
+                    print(f"received {self.stop_signal}: checkpoint saved at step {step}; resume with --resume auto")
+                break
+        bar.close()
+        if dist.main:
+            save_loss_curve(self.losses, self.run_dir / "loss.png")
+        if logger:
+            logger.finish()
+
+    def sample_video(self, step: int, logger: WandbLogger | None) -> None:
+        """A short video from the EMA weights on a fixed prompt, saved under RUN/samples/ (and to wandb)."""
+        if not self.dist.main:
+            return
+        from videodit.generate import Pipeline, generate
+
+        dit = DiT(self.cfg.model)
+        with full_params(self.module, 0):
+            dit.load_state_dict({k.removeprefix("dit."): v for k, v in self.ema.shadow.items()})
+        pipe = Pipeline(self.cfg, dit, self.task.vae, self.task.text_encoder, self.device)
+        prompt = "a red circle moving to the right"
+        out = self.run_dir / "samples" / f"step_{step:07d}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # the network being trained alone: a low-noise expert its init checkpoint had is not part of the run
+        generate(pipe, pipe.request(prompt, seconds=2.0, seed=0, sample={"expert_t": 0.0}), out)
+        if logger:
+            logger.video(out, prompt, step)
+
+    def tokens_per_sample(self) -> int:
+        d, m = self.cfg.data, self.cfg.model
+        if self.cfg.train.task == "vae":
+            return d.frames * d.size * d.size
+        lat_t = 1 + (d.frames - 1) // 4
+        return (lat_t // m.patch[0]) * (d.size // 8 // m.patch[1]) * (d.size // 8 // m.patch[2])
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, frame):
+            self.stop_signal = signal.Signals(signum).name
+
+        for s in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread
+                signal.signal(s, handler)
+
+
+def run(cfg: Config, resume: str = "", export_only: bool = False) -> Path:
+    """Train `cfg` (resuming from `resume`: '' = fresh, 'auto' or a checkpoint folder) and export; with
+    `export_only`, export the latest checkpoint's EMA weights. Returns the export folder."""
+    dist = init_dist(cfg.train.zero_stage > 0)
+    trainer = Trainer(cfg, "auto" if export_only else resume, dist)
+    if dist.main:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, trainer.run_dir)
+        n = sum(p.numel() for p in trainer.module.parameters())
+        print(f"{cfg.train.task}: {n / 1e6:.2f}M parameters, world {dist.world}, micro-batch {trainer.micro}, "
+              f"precision {trainer.precision}, ZeRO {cfg.train.zero_stage}, start step {trainer.start_step}")
+    if export_only and trainer.start_step == 0:
+        raise TrainError(f"--export-only: no checkpoint under {trainer.run_dir / 'checkpoints'}; train first "
+                         "(or point --train.out_dir at the run to export)")
+    if not export_only:
+        trainer.fit()
+    folder = trainer.export()
+    if dist.main:
+        print(f"exported {folder} (config.yaml + safetensors)")
+    return folder

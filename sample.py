@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from videodit.cli import ArgumentParser, Interrupted, stop_on_signals
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from videodit.generate import GenerateError, Pipeline, check_outputs, generate, pick_device
 
     out = Path(args.out)
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"  # one line, no source location
     try:
         flat = parse_overrides(rest)
         if any(not k.startswith("sample.") for k in flat):
@@ -85,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except (GenerateError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f"error: {e.strerror or e} ({e.filename or out}); nothing was written", file=sys.stderr)
+    except OSError as e:  # a full disk or quota while writing: the temporary file is gone, any older output kept
+        print(f"error: {e.strerror or e} while writing '{out}'; it was not written (an older file there is "
+              f"unchanged)", file=sys.stderr)
         return 1
     except (Interrupted, KeyboardInterrupt):
         print(f"interrupted: '{out}' was not written", file=sys.stderr)

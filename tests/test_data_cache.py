@@ -284,3 +284,18 @@ def test_written_files_follow_the_umask(setup, bad_manifests, tmp_path, umask):
     modes = _modes(tmp_path)
     assert {"cache/skipped.jsonl", "cache/index.json", "prep/clips.files.jsonl", "shapes/manifest.jsonl"} <= set(modes)
     assert {k: m for k, m in modes.items() if m != (dir_mode if (tmp_path / k).is_dir() else file_mode)} == {}
+
+
+def test_full_disk_keeps_complete_shards_and_says_what_ran_out(setup, small_disk, capsys):
+    """A disk that fills up mid-run: exit 1 with one line naming the cause; the shards finished before it are the
+    uninterrupted run's, byte for byte; no temporary file and no index are left; a rerun elsewhere resumes."""
+    _, manifest, ckpt, full, _ = setup
+    out = small_disk / "shards"
+    rc = data_main(["cache", str(manifest), "--vae", str(ckpt), "--out", str(out), "--frames", "5", "--size", "32",
+                    "--shard-size", "4", "--batch-size", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("videodit-data cache: error: No space left on device"), err
+    assert "rerun the same command to resume" in err[-1]
+    done = [p for p in out.glob("*.safetensors")]
+    assert 0 < len(done) < 4 and not (out / "index.json").exists() and not list(out.glob(".*"))
+    assert all(p.read_bytes() == (full / p.name).read_bytes() for p in done)

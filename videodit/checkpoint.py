@@ -7,18 +7,22 @@
     CKPT/vae.safetensors      VAE weights
     CKPT/text_encoder/        the T5 encoder (save_pretrained: config.json + model.safetensors)
 
-Nothing is ever unpickled: weights are safetensors and the config is YAML read with safe_load.
+Nothing is ever unpickled: weights are safetensors (the text encoder too: a folder with only pickled weights is
+refused), the config is YAML read with safe_load, and DeepSpeed's own resume files are read with
+torch.load(weights_only=True). Weights that load but hold NaN or Inf are refused, naming the file.
 Every write goes to a temporary name first and is renamed into place, so a crash leaves no half file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,13 +39,26 @@ def _umask() -> int:
     return mask
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+                      ) -> None:
+    """safetensors' save_file, whose write errors (a full disk, a quota) come out as OSError with their errno."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = next((c for c in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EACCES)
+                     if f"os error {c})" in str(e)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
 def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
+        write_safetensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
@@ -69,9 +86,18 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"'{path}' is not a readable safetensors file ({e}); re-export the checkpoint") from e
 
 
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or Inf: they load without complaint and give an all-black video."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"'{path}' holds non-finite values (NaN/Inf) in {len(bad)} tensor(s), e.g. '{bad[0]}': "
+                              f"the weights are damaged; re-export them from a good training checkpoint")
+
+
 def load_into(module: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Load `path` (or `state`, already read from it) into `module`; every key must match."""
+    """Load `path` (or `state`, already read from it) into `module`; every key must match, every value be finite."""
     state = load_state(path) if state is None else state
+    check_finite(state, path)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -104,8 +130,11 @@ def write_config(cfg: Config, folder: str | Path, name: str = "config.yaml") -> 
 def save_text_encoder(text_encoder: nn.Module, folder: str | Path) -> None:
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".text_encoder."))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a checkpoint is meant to be shared
     try:
         text_encoder.save_pretrained(tmp)
+        for f in tmp.iterdir():  # transformers writes its weights through a 0600 temporary file
+            os.chmod(f, 0o666 & ~_umask())
         final = folder / "text_encoder"
         if final.exists():
             shutil.rmtree(final)
@@ -121,7 +150,9 @@ def load_text_encoder(folder: str | Path, cfg: Config | None = None):
     folder = Path(folder)
     cfg = cfg or read_config(folder)
     if (folder / "text_encoder").is_dir():
-        return TextEncoder.from_pretrained(folder / "text_encoder", cfg.text.max_length)
+        te = TextEncoder.from_pretrained(folder / "text_encoder", cfg.text.max_length)
+        check_finite(te.model.state_dict(), folder / "text_encoder")
+        return te
     if cfg.text.pretrained:
         return TextEncoder.from_pretrained(cfg.text.pretrained, cfg.text.max_length)
     raise CheckpointError(f"checkpoint '{folder}' has no text_encoder/ folder and its config names no pretrained T5")

@@ -246,6 +246,9 @@ class SampleConfig:
     # trained with flow.clean_first_frame_prob > 0
     first_frame_first: bool = False
     max_seconds: float = 600.0  # the longest video a request may ask for
+    # prompt words the text encoder cannot represent (a word-level vocabulary maps them to <unk>): "warn" names
+    # them and the words it knows, then samples; "refuse" stops before sampling
+    unknown_words: str = "warn"
 
 
 @dataclass
@@ -558,6 +561,8 @@ def check_sample(s: SampleConfig, label: Callable[[str], str] = lambda k: f"samp
             check_range(f"sample.{f.name}", value, label(f.name))
     if s.sampler not in ("euler", "heun"):
         raise ConfigError(f"{label('sampler')} must be euler or heun, got '{s.sampler}'")
+    if s.unknown_words not in ("warn", "refuse"):
+        raise ConfigError(f"{label('unknown_words')} must be warn or refuse, got '{s.unknown_words}'")
 
 
 def validate(cfg: Config) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from videodit.flow import interpolate, sample, timestep_shift
 
 class GenerateError(ValueError):
     """A request the checkpoint cannot serve (length, size, prompt); the message says what to do."""
+
+
+class UnknownWordsWarning(UserWarning):
+    """A prompt holds words the checkpoint's text encoder reads as <unk> (sample.unknown_words: warn)."""
 
 
 @dataclass
@@ -112,8 +117,22 @@ class Pipeline:
                                 f"use 0 or attach one with `python -m videodit.expert`")
         if not 0 <= seed <= SEED_MAX:
             raise GenerateError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
+        self.check_words(prompts + ([negative_prompt] if negative_prompt else []), s.unknown_words, label)
         return Request(prompts=prompts, at=[float(a) for a in at], seconds=float(seconds), size=size, fps=fps,
                        sample=s, negative_prompt=negative_prompt, seed=seed)
+
+    def check_words(self, prompts: list[str], mode: str, label: Callable[[str], str]) -> None:
+        """Name the words the text encoder cannot represent: a warning, or with mode 'refuse' an error."""
+        unknown = list(dict.fromkeys(w for p in prompts for w in self.text_encoder.unknown_words(p)))
+        if not unknown:
+            return
+        known = self.text_encoder.vocabulary()
+        msg = (f"this checkpoint's text encoder does not know {', '.join(repr(w) for w in unknown[:8])}"
+               f"{' ...' if len(unknown) > 8 else ''} (read as <unk>, so they steer nothing)"
+               + (f"; it knows {len(known)} words: {' '.join(known)}" if known else ""))
+        if mode == "refuse":
+            raise GenerateError(f"{msg}; rephrase, or set {label('unknown_words')} warn to sample anyway")
+        warnings.warn(msg, UnknownWordsWarning, stacklevel=2)
 
     def frame_count(self, req: Request) -> tuple[int, int]:
         """(video frames to write, latent frames to generate): latents cover 1 + 4k >= the frames."""
@@ -174,6 +193,9 @@ class Pipeline:
             z = sample(velocity, noise, s.steps, shift=shift, method=s.sampler, churn=s.churn, generator=g)
             if start == 0 and s.first_frame_first and Tc > 1:
                 z = self.resample_after_first(velocity, z, g, req, shift)
+            if start == 0 and not torch.isfinite(z).all():
+                raise GenerateError("the first chunk's latents are not finite (NaN/Inf): the checkpoint's DiT or its "
+                                    "sampling settings diverge; check the weights, or lower --cfg / --steps")
             tc = torch.full((nb,), s.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if s.context_noise > 0 else z
             for i, net in enumerate(nets):
@@ -278,15 +300,17 @@ def generate(
 
         bar = tqdm(total=chunks, unit="chunk", desc=f"{req.seconds:g}s @ {req.fps}fps, {req.sample.steps} steps")
     seen = 0
-    with VideoWriter(out, fps=req.fps) as writer:
-        for x in pipeline.frames(req):
-            writer.write(x)
-            kept += [x[i - seen] for i in sorted(picks) if seen <= i < seen + len(x)]
-            seen += len(x)
-            if bar:
-                bar.update(1)
-    if bar:
-        bar.close()
+    try:
+        with VideoWriter(out, fps=req.fps) as writer:
+            for x in pipeline.frames(req):
+                writer.write(x)
+                kept += [x[i - seen] for i in sorted(picks) if seen <= i < seen + len(x)]
+                seen += len(x)
+                if bar:
+                    bar.update(1)
+    finally:
+        if bar:
+            bar.close()  # before any error message, not after it
     if preview:
         from PIL import Image
 

@@ -80,8 +80,16 @@ class TextEncoder(nn.Module):
 
         path = str(path)
         hf_logging.disable_progress_bar()  # a bar per load would bury the one line a CLI prints
+        local = Path(path)
+        if local.is_dir() and not list(local.glob("*.safetensors")):
+            pickled = sorted(p.name for p in local.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            raise FileNotFoundError(
+                f"'{path}' has no safetensors weights" + (f" (only pickled {', '.join(pickled)})" if pickled else "")
+                + ": videodit never unpickles weights. Convert them once, on a machine that trusts the file: "
+                "T5EncoderModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
+            )
         try:
-            model = T5EncoderModel.from_pretrained(path)
+            model = T5EncoderModel.from_pretrained(path, use_safetensors=True)
         except OSError as e:
             raise FileNotFoundError(
                 f"could not load a T5 encoder from '{path}': give a local folder made by save_pretrained "
@@ -100,8 +108,29 @@ class TextEncoder(nn.Module):
         return cls.from_pretrained(cfg.pretrained, cfg.max_length) if cfg.pretrained else cls.tiny(cfg, words=words)
 
     def save_pretrained(self, path: str | Path) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         self.model.save_pretrained(str(path), safe_serialization=True)
         self.tokenizer.save_pretrained(str(path))
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """The words of `prompt` the tokenizer maps to <unk> (a word-level vocabulary's gaps; byte-level: none)."""
+        unk = self.tokenizer.unk_token_id
+        if unk is None or not getattr(self.tokenizer, "is_fast", False):
+            return []
+        enc = self.tokenizer(prompt, return_offsets_mapping=True)
+        return list(dict.fromkeys(prompt[a:b] for i, (a, b) in zip(enc.input_ids, enc.offset_mapping) if i == unk))
+
+    def vocabulary(self) -> list[str]:
+        """The words a word-level tokenizer knows (no special tokens); empty for an open vocabulary."""
+        if self.tokenizer.unk_token_id is None or not getattr(self.tokenizer, "is_fast", False):
+            return []
+        backend = self.tokenizer.backend_tokenizer.model
+        if type(backend).__name__ != "WordLevel":
+            return []
+        special = set(self.tokenizer.all_special_tokens)
+        return [w for w, _ in sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if w not in special]
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         full = self.tokenizer(list(prompts), padding=True, truncation=False, return_tensors="pt")

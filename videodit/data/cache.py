@@ -305,10 +305,9 @@ def cache(
     on_error: "skip" leaves unreadable clips out (listed in skipped.jsonl), "stop" raises ClipError at the first.
     -> summary dict (shards planned / done now / skipped because already done, clips too short, bad clips by
     reason in the finished shards, index written)."""
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
-    from videodit.checkpoint import CheckpointError, load_vae
+    from videodit.checkpoint import CheckpointError, load_vae, write_safetensors
 
     frames = sorted(set(int(f) for f in frames))
     if any(f < 1 or (f - 1) % 4 for f in frames):
@@ -385,8 +384,8 @@ def cache(
                                               on_error, bar)  # fmt: skip
                 tmp = temp_path_for(out / p.name)
                 try:
-                    save_file(tensors, tmp, metadata=meta)
-                    os.chmod(tmp, 0o666 & ~_umask())  # save_file makes its own file, 0600, not temp_path_for's
+                    write_safetensors(tensors, tmp, metadata=meta)
+                    os.chmod(tmp, 0o666 & ~_umask())  # safetensors makes its own file, 0600, not temp_path_for's
                     os.replace(tmp, out / p.name)
                 finally:
                     if os.path.exists(tmp):

@@ -160,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         print(f"videodit-data {args.command}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)  # 2: clips that could not be read (cache.ClipError)
+    except OSError as e:  # a full disk, a quota, an I/O error while writing: what is complete stays
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"videodit-data {args.command}: error: {e.strerror or e}{where}; files already complete are kept: "
+              f"fix that and rerun the same command to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"videodit-data {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@ on 1 or N processes and after a resume."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 from pathlib import Path
@@ -28,7 +29,25 @@ def build_dataset(cfg: Config):
     missing = [p for p in datasets.shard_folders(d.shards) if not p.is_dir()] if d.shards else [""]
     if missing:
         raise TrainError(f"data.shards '{missing[0]}' not found; make shards with `videodit-data cache`")
-    return datasets.ShardDataset(d.shards)
+    ds = datasets.ShardDataset(d.shards)
+    held = sorted(shard_frames(d.shards))
+    if d.frames not in held:  # the export records data.frames as the clip length trained on
+        raise TrainError(f"data.frames is {d.frames} but the shards in '{d.shards}' hold clips of "
+                         f"{', '.join(map(str, held))} frames; pass --data.frames {held[-1]} (or cache shards with "
+                         f"--frames {d.frames})")
+    return ds
+
+
+def shard_frames(shards: str) -> set[int]:
+    """The video frames per clip (`videodit-data cache --frames`) of the shards in `shards`' index.json files."""
+    from videodit.data.datasets import shard_folders
+
+    held = set()
+    for folder in shard_folders(shards):
+        for shard in json.loads((folder / "index.json").read_text())["shards"]:
+            t = shard["latent_shape"][1]
+            held.add(int(shard.get("frames", 1 + 4 * (t - 1))))  # an index without it: the causal VAE's 4x in time
+    return held
 
 
 def global_batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:

@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--resume", default="", help="'auto' (latest complete checkpoint in the run) or a folder")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], help="shorthand for --train.wandb")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint's EMA and exit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a --train.out_dir that holds another run (removes its checkpoints and export)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
     return p.parse_known_args(argv)
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, rest)
         if args.wandb:
             cfg.train.wandb = args.wandb
-        run(cfg, args.resume, args.export_only)
+        run(cfg, args.resume, args.export_only, overwrite=args.overwrite)
         return 0
     except (ConfigError, TrainError, CheckpointError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)

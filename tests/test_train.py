@@ -47,9 +47,9 @@ def overrides(vae_ckpt: Path, out: Path, steps: int = 6, **extra) -> list[str]:
     return [f"--{k}={v}" for k, v in args.items()]
 
 
-def make_trainer(args: list[str], resume: str = "") -> Trainer:
+def make_trainer(args: list[str], resume: str = "", overwrite: bool = False) -> Trainer:
     cfg = load_config(None, args)
-    return Trainer(cfg, resume, Dist())
+    return Trainer(cfg, resume, Dist(), overwrite=overwrite)
 
 
 def weights(trainer: Trainer) -> dict[str, torch.Tensor]:

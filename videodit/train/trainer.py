@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import itertools
 import json
 import math
 import os
@@ -21,17 +23,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from videodit.checkpoint import (
-    atomic_save_state,
-    load_state,
-    write_config,
-)
-from videodit.config import Config, load_config
+from videodit.checkpoint import CheckpointError, atomic_save_state, write_config
+from videodit.config import Config, ConfigError, load_config
 from videodit.data.datasets import collate
 from videodit.dit import DiT
-from videodit.train import TrainError
+from videodit.train import TrainError, run_folder
 from videodit.train.batches import BatchPlan, StepBatches, build_dataset, ignore_stop_signals
 from videodit.train.distributed import (
     Dist,
@@ -90,8 +89,23 @@ def resolve_precision(cfg: Config) -> str:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if (p / "COMPLETE").exists())
-    return done[-1] if done else None
+    done = run_folder.checkpoints(run_dir)
+    return done[0] if done else None
+
+
+def out_of_space(error: BaseException) -> str:
+    """'no space left on device' / 'disk quota exceeded' when `error` says so, else ''."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(error.errno).lower()
+    return ""
+
+
+def check_tensors(path: Path, tensors: dict[str, Tensor], shapes: dict[str, torch.Size]) -> None:
+    missing, unexpected = sorted(shapes.keys() - tensors.keys()), sorted(tensors.keys() - shapes.keys())
+    wrong = [k for k in shapes.keys() & tensors.keys() if tensors[k].shape != shapes[k]]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{path} does not hold this model's tensors (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}, other shapes {wrong[:3]})")
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
@@ -100,6 +114,17 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, Tensor]:
         for name, v in st.items():
             out[f"{idx}.{name}"] = v if isinstance(v, Tensor) else torch.tensor(v)
     return out
+
+
+def check_optimizer_tensors(path: Path, tensors: dict[str, Tensor], opt: torch.optim.Optimizer) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for key, v in tensors.items():
+        idx, _, name = key.partition(".")
+        ok = idx.isdigit() and int(idx) < len(params)
+        if ok and name.startswith("exp_avg"):
+            ok = v.shape == params[int(idx)].shape
+        if not ok:
+            raise CheckpointError(f"{path} does not hold this optimizer's state (at '{key}')")
 
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
@@ -113,11 +138,22 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor
 
 
 class Trainer:
-    def __init__(self, cfg: Config, resume: str, dist: Dist):
+    def __init__(self, cfg: Config, resume: str, dist: Dist, overwrite: bool = False):
+        """`resume`: '' (a fresh run), 'auto' (the newest checkpoint of the run that loads) or a checkpoint
+        folder. `overwrite`: start over in a run folder that holds another run (its files are removed once
+        everything here has succeeded, before this run writes anything)."""
         self.cfg = cfg
         self.dist = dist
         self.device = device_of(dist)
         self.run_dir = Path(cfg.train.out_dir)
+        self.resume, self.overwrite = resume, overwrite
+        self.start_over = False
+        found = run_folder.present(self.run_dir)
+        if found and not resume:
+            if not overwrite:
+                raise TrainError(f"{self.run_dir} holds another run ({', '.join(found)}); pass --resume auto to "
+                                 "continue it, --overwrite to start over, or choose another --train.out_dir")
+            self.start_over = True
         self.precision = resolve_precision(cfg)
         t = cfg.train
         if self.precision == "bf16" and self.device.type == "cpu" and t.zero_stage == 0:
@@ -138,14 +174,14 @@ class Trainer:
         self.plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
         self.task = DiTTask(cfg, self.device) if t.task == "dit" else VAETask(cfg, self.device)
         self.start_step = 0
-        self.resume_from = None
-        if resume:
-            self.resume_from = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
-            if resume != "auto" and not (self.resume_from / "COMPLETE").exists():
-                raise TrainError(f"--resume {resume}: not a complete checkpoint folder")
-        if self.resume_from is not None:  # the run's own config holds the latent statistics it trained with
-            saved = load_config(self.resume_from / "config.yaml")
-            cfg.flow.latent_scale, cfg.flow.latent_shift = saved.flow.latent_scale, saved.flow.latent_shift
+        self.resume_from: Path | None = None
+        # checkpoints are read whole and checked before any state changes; the first that reads sets the latent
+        # statistics (the run's own, measured at its start), the model is built, then it is loaded
+        readable = self.readable_checkpoints() if resume else iter(())
+        first = next(readable, None)
+        if first is not None:
+            saved = first[1]["config"].flow
+            cfg.flow.latent_scale, cfg.flow.latent_shift = saved.latent_scale, saved.latent_shift
         self.task.estimate_latent_stats(self.dataset)
 
         torch.manual_seed(t.seed)
@@ -172,70 +208,222 @@ class Trainer:
             self.engine, self.optimizer, self.scheduler = None, optimizer, scheduler
         self.losses: list[tuple[int, float]] = []
         self.skipped = 0
-        if self.resume_from is not None:
-            self.load(self.resume_from)
+        if first is not None:
+            for folder, state in itertools.chain([first], readable):
+                try:
+                    self.load(folder, state)
+                except CheckpointError as e:
+                    if resume != "auto":
+                        raise TrainError(f"--resume {folder}: {e}") from e
+                    self.skip(folder, e)
+                    continue
+                self.resume_from = folder
+                break
+        if self.start_over and dist.main:
+            run_folder.clear(self.run_dir)
+        self.barrier()
         self.stop_signal: str | None = None
 
     # ---- checkpointing
+    def readable_checkpoints(self):
+        """(folder, state) of the checkpoints to resume from, newest first, each read whole (`read_checkpoint`).
+        --resume auto skips a damaged one with a warning and ends in a TrainError when none is left; a run
+        folder whose config differs from this run's is refused (--overwrite: yields nothing, the run starts
+        over). --resume DIR: that folder, which must hold this run's config."""
+        if self.resume != "auto":
+            folder = Path(self.resume)
+            if not (folder / "COMPLETE").exists():
+                raise TrainError(f"--resume {folder}: not a complete checkpoint folder")
+            try:
+                state = self.read_checkpoint(folder)
+            except CheckpointError as e:
+                raise TrainError(f"--resume {folder}: {e}") from e
+            diffs = run_folder.differences(state["config"], self.cfg)
+            if diffs:
+                raise TrainError(f"--resume {folder}: the checkpoint was written with another config "
+                                 f"({run_folder.describe(diffs)}); pass the same values to continue it")
+            self.check_folder_config()
+            yield folder, state
+            return
+        if not self.check_folder_config():
+            return
+        folders = run_folder.checkpoints(self.run_dir)
+        for folder in folders:
+            try:
+                state = self.read_checkpoint(folder)
+            except CheckpointError as e:
+                self.skip(folder, e)
+                continue
+            if not self.same_run(folder, state["config"]):
+                return
+            yield folder, state
+        if folders:
+            raise TrainError(f"--resume auto: none of the {len(folders)} checkpoints under "
+                             f"{self.run_dir / 'checkpoints'} loads (see the warnings above); rerun with "
+                             "--overwrite to start over")
+
+    def check_folder_config(self) -> bool:
+        """Whether the run folder's config.yaml (if any) is this run's; another run's is refused, or with
+        --overwrite the run starts over (False)."""
+        path = self.run_dir / "config.yaml"
+        if not path.exists():
+            return True
+        try:
+            saved = load_config(path)
+        except ConfigError as e:
+            return self.same_run(path, None, f"its config cannot be read: {e}")
+        return self.same_run(path, saved)
+
+    def same_run(self, where: Path, saved: Config | None, why: str = "") -> bool:
+        diffs = run_folder.differences(saved, self.cfg) if saved is not None else []
+        if not diffs and not why:
+            return True
+        why = why or f"another config: {run_folder.describe(diffs)}"
+        if not self.overwrite:
+            raise TrainError(f"--resume {self.resume}: {where} belongs to another run ({why}); pass the same values "
+                             "to continue it, --overwrite to start over, or choose another --train.out_dir")
+        if self.dist.main:
+            print(f"warning: {where} belongs to another run ({why}); --overwrite: starting over", file=sys.stderr)
+        self.start_over = True
+        return False
+
+    def skip(self, folder: Path, error: Exception) -> None:
+        if self.dist.main:
+            print(f"warning: skipped checkpoint {folder}: {error}; trying the one before it", file=sys.stderr,
+                  flush=True)
+
+    def read_checkpoint(self, folder: Path) -> dict:
+        """Everything a resume takes from `folder`, read whole and checked before any of the trainer's state
+        changes. A damaged or unreadable file raises CheckpointError naming it."""
+
+        def read(name: str, how):
+            path = folder / name
+            try:
+                return how(path)
+            except Exception as e:  # whatever a truncated or corrupted file raises
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise CheckpointError(f"{path} is damaged ({msg})") from None
+
+        def trainer_state(path: Path) -> dict:
+            st = json.loads(path.read_text())
+            if not (isinstance(st, dict) and isinstance(st.get("step"), int) and isinstance(st.get("skipped"), int)
+                    and isinstance(st.get("losses"), list)
+                    and all(isinstance(x, list) and len(x) == 2 for x in st["losses"])):  # fmt: skip
+                raise ValueError("not a trainer state (step, losses, skipped)")
+            if folder.name.startswith("step_") and folder.name[5:].isdigit() and st["step"] != int(folder.name[5:]):
+                raise ValueError(f"it holds step {st['step']}")
+            return st
+
+        state = dict(config=read("config.yaml", load_config), trainer=read("trainer.json", trainer_state))
+        if self.cfg.train.zero_stage:
+            if not (folder / "ds").is_dir():
+                raise TrainError(f"{folder} was written without DeepSpeed; resume with the same train.zero_stage")
+        else:
+            if not (folder / "model.safetensors").exists():
+                raise TrainError(f"{folder} was written by DeepSpeed; resume with the same train.zero_stage")
+            state["model"] = read("model.safetensors", load_file)
+            state["optimizer"] = read("optimizer.safetensors", load_file)
+        state["ema"] = read("ema.safetensors", load_file)
+        return state
+
+    def load(self, folder: Path, state: dict) -> None:
+        """Resume from `state` (read from `folder` by read_checkpoint); CheckpointError, with nothing changed,
+        when its tensors do not fit this model (a damaged file), or when DeepSpeed cannot load its part."""
+        check_tensors(folder / "ema.safetensors", state["ema"], {k: v.shape for k, v in self.ema.shadow.items()})
+        step = state["trainer"]["step"]
+        if self.engine is not None:
+            try:
+                self.engine.load_checkpoint(str(folder / "ds"), tag="state")
+            except Exception as e:  # a damaged DeepSpeed file; the next checkpoint tried loads over all of it
+                raise CheckpointError(f"{folder / 'ds'} is damaged ({str(e).strip()[:200]})") from None
+        else:
+            check_tensors(folder / "model.safetensors", state["model"],
+                          {k: v.shape for k, v in self.module.state_dict().items()})
+            check_optimizer_tensors(folder / "optimizer.safetensors", state["optimizer"], self.optimizer)
+            self.module.load_state_dict(state["model"])
+            load_optimizer_tensors(self.optimizer, state["optimizer"])
+            self.scheduler.last_epoch = step
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            for g, f in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+                g["lr"] = g["initial_lr"] * f(step)
+        self.ema.shadow = {k: v.float() for k, v in state["ema"].items()}
+        self.start_step = step
+        self.losses = [tuple(x) for x in state["trainer"]["losses"]]
+        self.skipped = state["trainer"]["skipped"]
+        saved = state["config"].flow
+        self.cfg.flow.latent_scale, self.cfg.flow.latent_shift = saved.latent_scale, saved.latent_shift
+
     def save(self, step: int) -> Path:
+        """A resume checkpoint, written to a temporary folder and renamed into place: a crash or a full disk
+        leaves the previous checkpoints as they were. Older ones beyond train.keep_checkpoints are removed
+        (by step, among those up to this one)."""
         ckpt_root = self.run_dir / "checkpoints"
         final = ckpt_root / f"step_{step:07d}"
         tmp = ckpt_root / f".tmp_step_{step:07d}"
+        try:
+            if self.dist.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.barrier()
+            if self.engine is not None:
+                self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
+            if self.dist.main:
+                if self.engine is None:
+                    atomic_save_state(self.module.state_dict(), tmp / "model.safetensors")
+                    atomic_save_state(optimizer_tensors(self.optimizer), tmp / "optimizer.safetensors")
+                atomic_save_state(self.ema.shadow, tmp / "ema.safetensors")
+                write_config(self.cfg, tmp)
+                state = dict(step=step, losses=self.losses, skipped=self.skipped)
+                (tmp / "trainer.json").write_text(json.dumps(state))
+                (tmp / "COMPLETE").write_text("ok\n")
+        except BaseException as e:
+            if self.dist.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = latest_checkpoint(self.run_dir)
+            if out_of_space(e):
+                kept = f"the previous checkpoint {previous.name} is intact" if previous else "no checkpoint before it"
+                raise TrainError(f"{out_of_space(e)} while writing checkpoint {final.name} ({ckpt_root}); {kept}; "
+                                 "free space and rerun with --resume auto") from e
+            raise
         if self.dist.main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.barrier()
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
-        if self.dist.main:
-            if self.engine is None:
-                atomic_save_state(self.module.state_dict(), tmp / "model.safetensors")
-                atomic_save_state(optimizer_tensors(self.optimizer), tmp / "optimizer.safetensors")
-            atomic_save_state(self.ema.shadow, tmp / "ema.safetensors")
-            write_config(self.cfg, tmp)
-            state = dict(step=step, losses=self.losses, skipped=self.skipped)
-            (tmp / "trainer.json").write_text(json.dumps(state))
-            (tmp / "COMPLETE").write_text("ok\n")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            old = sorted(p for p in ckpt_root.glob("step_*") if (p / "COMPLETE").exists())
-            for p in old[: -self.cfg.train.keep_checkpoints]:
+            done = [p for p in run_folder.checkpoints(self.run_dir) if run_folder.step_of(p) <= step]
+            for p in done[self.cfg.train.keep_checkpoints :]:
                 shutil.rmtree(p, ignore_errors=True)
         self.barrier()
         return final
 
-    def load(self, folder: Path) -> None:
-        state = json.loads((folder / "trainer.json").read_text())
-        if self.engine is not None:
-            if not (folder / "ds").is_dir():
-                raise TrainError(f"{folder} was written without DeepSpeed; resume with the same train.zero_stage")
-            self.engine.load_checkpoint(str(folder / "ds"), tag="state")
-        else:
-            if not (folder / "model.safetensors").exists():
-                raise TrainError(f"{folder} was written by DeepSpeed; resume with the same train.zero_stage")
-            self.module.load_state_dict(load_state(folder / "model.safetensors"))
-            load_optimizer_tensors(self.optimizer, load_state(folder / "optimizer.safetensors"))
-            self.scheduler.last_epoch = state["step"]
-            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-            for g, f in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
-                g["lr"] = g["initial_lr"] * f(state["step"])
-        self.ema.shadow = {k: v.float() for k, v in load_state(folder / "ema.safetensors").items()}
-        self.start_step = state["step"]
-        self.losses = [tuple(x) for x in state["losses"]]
-        self.skipped = state["skipped"]
-
     def export(self, folder: Path | None = None) -> Path:
-        """EMA weights + config as a checkpoint folder that sample.py loads."""
+        """EMA weights + config as a checkpoint folder that sample.py loads. Written next to it under a
+        temporary name and swapped in, so a crash or a full disk leaves the previous export as it was."""
         folder = folder or self.run_dir / "export"
         if self.dist.main:
-            folder.mkdir(parents=True, exist_ok=True)
-            module = copy.deepcopy(self.task.model())
-            missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
-            assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
-            self.task.export(module, folder)
-            # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
-            cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
-            write_config(cfg, folder)
+            tmp, old = folder.with_name(f".tmp_{folder.name}"), folder.with_name(f".old_{folder.name}")
+            if old.is_dir() and not folder.exists():  # a swap cut short: the old export is the export
+                os.replace(old, folder)
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+            try:
+                tmp.mkdir(parents=True)
+                module = copy.deepcopy(self.task.model())
+                missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
+                assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
+                self.task.export(module, tmp)
+                # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
+                cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
+                write_config(cfg, tmp)
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if out_of_space(e):
+                    kept = "the previous export is intact" if folder.exists() else "there was no export before it"
+                    raise TrainError(f"{out_of_space(e)} while writing the export {folder}; {kept}; free space and "
+                                     "rerun with --export-only") from e
+                raise
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return folder
 
@@ -389,11 +577,14 @@ class Trainer:
                 signal.signal(s, handler)
 
 
-def run(cfg: Config, resume: str = "", export_only: bool = False) -> Path:
+def run(cfg: Config, resume: str = "", export_only: bool = False, overwrite: bool = False) -> Path:
     """Train `cfg` (resuming from `resume`: '' = fresh, 'auto' or a checkpoint folder) and export; with
-    `export_only`, export the latest checkpoint's EMA weights. Returns the export folder."""
+    `export_only`, export the latest checkpoint's EMA weights. `overwrite`: start over in a run folder that
+    holds another run (see run_folder). Returns the export folder."""
+    if export_only and overwrite:
+        raise TrainError("--export-only exports the run in --train.out_dir; --overwrite would remove it")
     dist = init_dist(cfg.train.zero_stage > 0)
-    trainer = Trainer(cfg, "auto" if export_only else resume, dist)
+    trainer = Trainer(cfg, "auto" if export_only else resume, dist, overwrite=overwrite)
     if dist.main:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, trainer.run_dir)

@@ -19,7 +19,7 @@ def parse_args(argv: list[str] | None):
     p = ArgumentParser(description=__doc__.split("\n")[0],
                        epilog="Any --section.key VALUE overrides the config (e.g. --model.depth 4).")
     p.add_argument("--config", help="YAML overrides of the defaults (configs/*.yaml)")
-    p.add_argument("--resume", default="", help="'auto' (latest complete checkpoint in the run) or a folder")
+    p.add_argument("--resume", default="", help="'auto' (the newest checkpoint of this run that loads) or a folder")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], help="shorthand for --train.wandb")
     p.add_argument("--export-only", action="store_true", help="export the latest checkpoint's EMA and exit")
     p.add_argument("--overwrite", action="store_true",

@@ -220,6 +220,8 @@ class Trainer:
                 self.resume_from = folder
                 break
         if self.start_over and dist.main:
+            old = ", ".join(run_folder.present(self.run_dir))
+            print(f"--overwrite: removing the old run's {old} in {self.run_dir}")
             run_folder.clear(self.run_dir)
         self.barrier()
         self.stop_signal: str | None = None

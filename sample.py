@@ -3,6 +3,8 @@
     python sample.py --prompt "a red circle moving to the right" --seconds 60
     python sample.py --prompt "a blue square moving up" --at 0 --prompt "a blue square moving down" --at 5 \
         --seconds 10 --preview sheet.png --sample.churn 0.5
+    python sample.py --image first.png --prompt "a red circle moving up" --seconds 20 --size 96x64
+    python sample.py --video clip.mp4 --prompt "a red circle moving up" --seconds 30 --keep-input
 
 With no --checkpoint it uses the tiny model shipped in checkpoints/tiny (trained on the procedural shapes).
 Any sampling key of the config (docs/configuration.md, section `sample`) is set with --sample.KEY VALUE.
@@ -15,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from videodit.cli import ArgumentParser, Interrupted, stop_on_signals
+from videodit.cli import ArgumentParser, Interrupted, parse_size, stop_on_signals
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "tiny"
 FLAGS = {"steps": "--steps", "cfg_scale": "--cfg"}  # sampling keys that have an everyday flag
@@ -29,7 +31,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--at", action="append", type=float, help="start time (s) of each --prompt (the first is 0)")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (default: the empty prompt)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the video (default 10)")
-    p.add_argument("--size", type=int, help="square frame size in pixels")
+    p.add_argument("--size", type=parse_size, help="frame size in pixels: N (square) or WxH, width first (96x64)")
     p.add_argument("--fps", type=int, help="frames per second (the checkpoint's)")
     p.add_argument("--steps", type=int, help="sampling steps per chunk (= --sample.steps)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (= --sample.cfg_scale)")
@@ -39,6 +41,9 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--preview", help="also save a PNG contact sheet of 16 frames here")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--image", help="a PNG/JPEG to start from: the video's first frame (resized and cropped to fit)")
+    p.add_argument("--video", help="a clip to continue for --seconds more (any container prep reads)")
+    p.add_argument("--keep-input", action="store_true", help="with --video: write the clip, then the continuation")
     args, rest = p.parse_known_args(argv)
     return p, args, rest
 
@@ -71,11 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         pipe = Pipeline.load(args.checkpoint, device=device)
         req = pipe.request(args.prompt, at=args.at, seconds=args.seconds, size=args.size, fps=args.fps,
                            seed=args.seed, negative_prompt=args.negative_prompt, sample=overrides,
+                           image=args.image, video=args.video, keep_input=args.keep_input,
                            label=lambda k: FLAGS.get(k, f"--sample.{k}"))
+        for note in req.notes:
+            print(f"note: {note}")
         s = req.sample
-        n, _ = pipe.frame_count(req)
         later = "" if s.cfg_scale_later in (None, s.cfg_scale) else f" (later chunks {s.cfg_scale_later:g})"
-        print(f"generating {n} frames ({req.seconds:g} s at {req.fps} fps, {req.size}x{req.size}) "
+        new = round(req.seconds * req.fps)
+        start = ("from the image, " if req.image is not None else
+                 f"after the clip's {req.video_frames} frames, " if req.video else "")
+        print(f"generating {new} frames ({start}{req.seconds:g} s at {req.fps} fps, {req.width}x{req.height}) "
               f"with {s.steps} {s.sampler} steps, cfg {s.cfg_scale:g}{later}"
               + (f", {s.cfg_scale_low:g} below t = {s.cfg_low_t:g}" if s.cfg_low_t > 0 else "")
               + (f", low-noise expert below t = {s.expert_t:g}" if s.expert_t > 0 else "")

@@ -58,7 +58,7 @@ def _reference(pipe, req):
     cfg = pipe.cfg
     _, T_lat = pipe.frame_count(req)
     emb, mask = pipe.encode_prompts(req)[0]
-    nb, cf, s = emb.shape[0], cfg.model.chunk_frames, req.size // 8
+    nb, cf, s = emb.shape[0], cfg.model.chunk_frames, req.height // 8
     g = torch.Generator().manual_seed(req.seed)
     shift = timestep_shift((1 + (cfg.data.frames - 1) // 4) * (cfg.data.size // 16) ** 2, cfg.flow)
     chunks, used = [], []

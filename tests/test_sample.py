@@ -94,7 +94,7 @@ def _no_cache_reference(pipe, req, keep):
     with torch.no_grad():
         for start in range(0, T_lat, cf):
             Tc = min(cf, T_lat - start)
-            past = torch.cat([torch.zeros(1, 16, 0, req.size // 8, req.size // 8)] + keep(chunks), 2)
+            past = torch.cat([torch.zeros(1, 16, 0, req.height // 8, req.width // 8)] + keep(chunks), 2)
 
             def velocity(x, t, past=past, Tc=Tc):
                 full = torch.cat([past, x], 2).repeat(nb, 1, 1, 1, 1)
@@ -105,7 +105,7 @@ def _no_cache_reference(pipe, req, keep):
                 vc, vu = v.chunk(2)
                 return vu + req.sample.cfg_scale * (vc - vu)
 
-            chunks.append(sample(velocity, torch.randn(1, 16, Tc, req.size // 8, req.size // 8, generator=g),
+            chunks.append(sample(velocity, torch.randn(1, 16, Tc, req.height // 8, req.width // 8, generator=g),
                                  req.sample.steps, shift=shift, method=req.sample.sampler, churn=req.sample.churn,
                                  generator=g))
     return torch.cat(chunks, 2)

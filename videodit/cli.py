@@ -28,3 +28,14 @@ def stop_on_signals() -> None:
     """Turn SIGTERM and SIGINT into `Interrupted`, so `with` blocks and `finally` clauses run before the exit."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_interrupted)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '96x64' -> (96, 64): width first, as ffmpeg and Wan write sizes."""
+    try:
+        if "x" in text.lower():
+            w, h = text.lower().split("x")
+            return int(w), int(h)
+        return int(text), int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or WxH (width first, e.g. 96x64), got '{text}'") from None

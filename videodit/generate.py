@@ -14,7 +14,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,19 @@ class Request:
     """One video, resolved against a checkpoint and validated by `Pipeline.request`: every field is the value used."""
 
     prompts: list[str]
-    at: list[float]  # start time in seconds of each prompt; at[0] == 0
-    seconds: float
-    size: int  # square frame size in pixels
+    at: list[float]  # start time in seconds of each prompt (of the new part, after a given clip); at[0] == 0
+    seconds: float  # length of the video made (after a given clip: of the continuation)
+    width: int
+    height: int
     fps: int
     sample: SampleConfig  # the sampling knobs: the checkpoint's, with the caller's overrides
     negative_prompt: str = ""
     seed: int = 0
+    image: np.ndarray | None = None  # uint8 (height, width, 3): the first frame, already fitted
+    video: Path | None = None  # a clip to continue: its first `video_frames` frames at `fps`, fitted, encoded
+    video_frames: int = 0
+    keep_input: bool = False  # write the given clip (as fitted) before the continuation
+    notes: list[str] = field(default_factory=list)  # what was adapted (resized input, frames dropped): for the user
 
 
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
@@ -76,12 +82,14 @@ class Pipeline:
 
     # ---- the one place a request is resolved and checked (the CLI, the Python API and the app all come here)
     def request(self, prompts: list[str] | str, *, at: list[float] | None = None, seconds: float = 10.0,
-                size: int | None = None, fps: int | None = None, seed: int = 0, negative_prompt: str = "",
-                sample: dict[str, Any] | None = None,
-                label: Callable[[str], str] = lambda k: f"sample.{k}") -> Request:
-        """A validated Request. Omitted size/fps and sampling keys take the checkpoint's values; `sample` overrides
-        keys of SampleConfig ({'churn': 0.5}); an invalid value raises naming it (`label` names sampling keys the
-        way the caller's user writes them, e.g. '--cfg')."""
+                size: int | tuple[int, int] | None = None, fps: int | None = None, seed: int = 0,
+                negative_prompt: str = "", sample: dict[str, Any] | None = None,
+                image: str | Path | np.ndarray | None = None, video: str | Path | None = None,
+                keep_input: bool = False, label: Callable[[str], str] = lambda k: f"sample.{k}") -> Request:
+        """A validated Request. size: N or (width, height); omitted size/fps and sampling keys take the checkpoint's
+        values; `sample` overrides keys of SampleConfig ({'churn': 0.5}); image: the first frame (a PNG/JPEG path or
+        uint8 (H, W, 3)); video: a clip to continue (`seconds` more). An invalid value raises naming it (`label` names
+        sampling keys the way the caller's user writes them, e.g. '--cfg')."""
         c = self.cfg
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         at = [0.0] if at is None and len(prompts) == 1 else at
@@ -91,7 +99,7 @@ class Pipeline:
         except ConfigError as e:
             raise GenerateError(str(e)) from None
         fps = c.data.fps if fps is None else fps
-        size = c.data.size if size is None else size
+        width, height = (c.data.size, c.data.size) if size is None else (size, size) if isinstance(size, int) else size
         if not (math.isfinite(seconds) and 0 < seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {seconds:g}")
         if not prompts or any(not p.strip() for p in prompts):
@@ -105,21 +113,94 @@ class Pipeline:
                                 f"every --at must be below --seconds")
         if fps != c.data.fps:
             raise GenerateError(f"this checkpoint was trained at {c.data.fps} fps; use --fps {c.data.fps}")
-        unit = 8 * math.lcm(*(n.cfg.patch[1] for n in (self.dit, self.dit_low) if n is not None))
-        if size % unit or not (unit * 2 <= size <= 4 * c.data.size):
-            raise GenerateError(
-                f"--size must be a multiple of {unit} between {unit * 2} and {4 * c.data.size} for this "
-                f"checkpoint (trained at {c.data.size})"
-            )
+        self.check_size(width, height)
         if s.expert_t > 0 and self.dit_low is None:
             raise GenerateError(f"{label('expert_t')} needs a checkpoint with a low-noise expert "
                                 f"(dit_low.safetensors); "
                                 f"use 0 or attach one with `python -m videodit.expert`")
         if not 0 <= seed <= SEED_MAX:
             raise GenerateError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
+        if image is not None and video is not None:
+            raise GenerateError("give --image (a first frame) or --video (a clip to continue), not both")
+        if keep_input and video is None:
+            raise GenerateError("--keep-input writes the given clip before its continuation: it needs --video")
         self.check_words(prompts + ([negative_prompt] if negative_prompt else []), s.unknown_words, label)
-        return Request(prompts=prompts, at=[float(a) for a in at], seconds=float(seconds), size=size, fps=fps,
-                       sample=s, negative_prompt=negative_prompt, seed=seed)
+        req = Request(prompts=prompts, at=[float(a) for a in at], seconds=float(seconds), width=width, height=height,
+                      fps=fps, sample=s, negative_prompt=negative_prompt, seed=seed, keep_input=keep_input)
+        if image is not None:
+            req.image = self.load_image(image, width, height, req.notes)
+        if video is not None:
+            req.video, req.video_frames = self.check_clip(video, fps, req.notes)
+        return req
+
+    def size_unit(self) -> int:
+        """Frame sides must be multiples of this: the VAE's 8 times the DiTs' spatial patch."""
+        return 8 * math.lcm(*(n.cfg.patch[1] for n in (self.dit, self.dit_low) if n is not None)
+                            , *(n.cfg.patch[2] for n in (self.dit, self.dit_low) if n is not None))
+
+    def check_size(self, width: int, height: int) -> None:
+        """Both sides a multiple of size_unit(), between two units and 4x the training size; else name the nearest
+        valid sizes."""
+        unit, top = self.size_unit(), 4 * self.cfg.data.size
+
+        def near(v: int) -> list[int]:
+            lo = min(max(unit * 2, v // unit * unit), top // unit * unit)
+            return sorted({lo, min(lo + unit, top // unit * unit)} if v % unit else {lo})
+
+        if all(v % unit == 0 and unit * 2 <= v <= top for v in (width, height)):
+            return
+        options = [f"{w}x{h}" for w in near(width) for h in near(height)]
+        raise GenerateError(f"--size {width}x{height} (width x height) cannot be made by this checkpoint: each side "
+                            f"must be a multiple of {unit} between {unit * 2} and {top}; nearest: {', '.join(options)}")
+
+    def load_image(self, image: str | Path | np.ndarray, width: int, height: int, notes: list[str]) -> np.ndarray:
+        """A first frame: a PNG/JPEG (any mode: alpha, greyscale and palettes become RGB) or uint8 (H, W, 3) ->
+        uint8 (height, width, 3), resized and centre-cropped when its size differs (said in `notes`)."""
+        from videodit.video_io import fit_frames
+
+        if isinstance(image, np.ndarray):
+            arr = image
+            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                raise GenerateError(f"an image array must be uint8 (H, W, 3), got {arr.dtype} {tuple(arr.shape)}")
+        else:
+            from PIL import Image, UnidentifiedImageError
+
+            path = Path(image)
+            if not path.is_file():
+                raise GenerateError(f"--image '{path}' not found")
+            try:
+                with Image.open(path) as im:
+                    if im.mode != "RGB":
+                        notes.append(f"converted the image from mode {im.mode} to RGB"
+                                     + (" (transparent pixels become their colour values)" if "A" in im.mode else ""))
+                    arr = np.asarray(im.convert("RGB"))
+            except (UnidentifiedImageError, OSError) as e:
+                raise GenerateError(f"--image '{path}' is not a readable image (PNG or JPEG): {e}") from None
+        if arr.shape[:2] != (height, width):
+            notes.append(f"resized and centre-cropped the image from {arr.shape[1]}x{arr.shape[0]} to {width}x{height}")
+        return fit_frames(arr[None], width, height)[0]
+
+    def check_clip(self, video: str | Path, fps: int, notes: list[str]) -> tuple[Path, int]:
+        """A clip to continue: readable, with a video stream and at least one chunk of latent frames at `fps`.
+        -> (path, frames used): the longest 1 + 4k frames that fill whole chunks (the rest is said in `notes`)."""
+        from videodit.video_io import VideoError, probe
+
+        path = Path(video)
+        try:
+            info = probe(path)
+        except VideoError as e:
+            raise GenerateError(f"--video: {e}") from None
+        available = int(math.floor(info["frames"] * fps / info["fps"] + 1e-6))  # frames at our fps
+        cf = self.cfg.model.chunk_frames
+        latents = (1 + (available - 1) // 4) // cf * cf if available else 0
+        used = 1 + 4 * (latents - 1) if latents else 0
+        if latents < cf:
+            raise GenerateError(f"--video '{path}' has {available} frame(s) at {fps} fps; continuing needs at least "
+                                f"{1 + 4 * (cf - 1)} (one chunk of {cf} latent frames)")
+        if used < available:
+            notes.append(f"continuing from the clip's first {used} of {available} frames at {fps} fps (whole chunks "
+                         f"of {cf} latent frames; {available - used} dropped)")
+        return path, used
 
     def check_words(self, prompts: list[str], mode: str, label: Callable[[str], str]) -> None:
         """Name the words the text encoder cannot represent: a warning, or with mode 'refuse' an error."""
@@ -135,9 +216,12 @@ class Pipeline:
         warnings.warn(msg, UnknownWordsWarning, stacklevel=2)
 
     def frame_count(self, req: Request) -> tuple[int, int]:
-        """(video frames to write, latent frames to generate): latents cover 1 + 4k >= the frames."""
+        """(video frames to write, latent frames to generate). Alone the latents cover 1 + 4k >= the frames; after a
+        given clip each new latent frame adds 4 frames. With keep_input the clip's frames are written too."""
         n = max(1, round(req.seconds * req.fps))
-        return n, 1 + math.ceil((n - 1) / 4)
+        if req.video is None:
+            return n, 1 + math.ceil((n - 1) / 4)
+        return n + (req.video_frames if req.keep_input else 0), math.ceil(n / 4)
 
     @torch.no_grad()
     def encode_prompts(self, req: Request) -> list[tuple[Tensor, Tensor]]:
@@ -152,15 +236,64 @@ class Pipeline:
             out.append((emb.to(self.device), mask.to(self.device)))
         return out
 
+    # ---- your own frames: the VAE's latents, normalised as the DiT sees them
+    def _normalise(self, mean: Tensor) -> Tensor:
+        return (mean - self.cfg.flow.latent_shift) * self.cfg.flow.latent_scale
+
+    def _to_video(self, frames: np.ndarray) -> Tensor:
+        """uint8 (t, H, W, 3) -> (1, 3, t, H, W) in [-1, 1] on the VAE's device and dtype."""
+        w = next(self.vae.parameters())
+        return (torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(w.device, torch.float32) / 127.5 - 1).to(w.dtype)
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray) -> Tensor:
+        """uint8 (H, W, 3) -> the normalised latent frame (1, C, 1, h, w) of a one-frame video."""
+        post, _ = self.vae.encode(self._to_video(image[None]), self.vae.init_cache())
+        return self._normalise(post.mean.float())
+
+    @torch.no_grad()
+    def encode_clip(self, req: Request) -> Iterator[tuple[Tensor, np.ndarray]]:
+        """The given clip's first req.video_frames frames (resampled to req.fps, fitted), streamed through the VAE:
+        (normalised latents (1, C, cf, h, w), the uint8 frames they encode) per chunk; memory stays flat."""
+        from videodit.video_io import resampled_frames
+
+        cf = self.cfg.model.chunk_frames
+        cache = self.vae.init_cache()
+        need = 1 + 4 * (cf - 1)  # frames of the first chunk; 4 cf for each one after it
+        buf: list[np.ndarray] = []
+        taken = 0
+        for batch in resampled_frames(req.video, req.fps, req.width, req.height):
+            buf.extend(batch[: req.video_frames - taken])
+            taken += min(len(batch), req.video_frames - taken)
+            while len(buf) >= need:
+                frames, buf = np.stack(buf[:need]), buf[need:]
+                post, cache = self.vae.encode(self._to_video(frames), cache)
+                yield self._normalise(post.mean.float()), frames
+                need = 4 * cf
+            if taken == req.video_frames:
+                break
+        if taken < req.video_frames:
+            raise GenerateError(f"--video '{req.video}' ended after {taken} frames at {req.fps} fps, fewer than its "
+                                f"header says ({req.video_frames} expected); re-encode the file")
+
     # ---- the latent chunks
     @torch.no_grad()
     def latent_chunks(self, req: Request) -> Iterator[Tensor]:
-        """Yield each finished chunk of VAE latents (1, C, Tc, h, w), in order."""
+        """Yield each newly generated chunk of VAE latents (1, C, Tc, h, w), in order."""
+        for z, given in self.chunks(req):
+            if given is None:
+                yield z
+
+    @torch.no_grad()
+    def chunks(self, req: Request) -> Iterator[tuple[Tensor, np.ndarray | None]]:
+        """Every chunk of VAE latents in order: (latents (1, C, Tc, h, w), the given frames they encode, or None for
+        a generated chunk). A given clip's chunks enter the key/value caches exactly as finished generated ones do
+        (anchor + recent window), so continuing a clip and continuing the model's own chunks are one code path."""
         cfg, s = self.cfg, req.sample
         later = s.cfg_scale if s.cfg_scale_later is None else s.cfg_scale_later
-        _, T_lat = self.frame_count(req)
+        _, T_new = self.frame_count(req)
         cf = cfg.model.chunk_frames
-        h = w = req.size // 8
+        h, w = req.height // 8, req.width // 8
         C = cfg.model.in_channels
         texts = self.encode_prompts(req)
         g = torch.Generator().manual_seed(req.seed)
@@ -170,32 +303,11 @@ class Pipeline:
         # each network reads its own keys/values of the finished chunks: [anchor or None, recent chunks]
         nets = [self.dit] + ([self.dit_low] if s.expert_t > 0 else [])
         caches: list[tuple[ChunkKV | None, list[ChunkKV]]] = [(None, []) for _ in nets]
-        for start in range(0, T_lat, cf):
-            Tc = min(cf, T_lat - start)
-            frame0 = 0 if start == 0 else 1 + 4 * (start - 1)
-            which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
-            emb, mask = texts[which]
+
+        def finish(z: Tensor, start: int, emb: Tensor, mask: Tensor) -> None:
+            """Enter a finished chunk (noised to sample.context_noise) into every network's cache."""
             nb = emb.shape[0]
             contexts = [([a] if a is not None else []) + r for a, r in caches]
-
-            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, contexts=contexts, nb=nb, start=start) -> Tensor:
-                # t is the step's noise level; (1, Tc) with a clean first frame in resample_after_first
-                low = float(t.max()) < s.expert_t
-                net, ctx = (self.dit_low, contexts[1]) if low else (self.dit, contexts[0])
-                tb = t.repeat(nb, *[1] * (t.dim() - 1))
-                v, _ = net.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, ctx, start)
-                vc, vu = (v, v) if nb == 1 else v.chunk(2)
-                scale = s.cfg_scale if start == 0 else later
-                scale = s.cfg_scale_low if float(t.max()) < s.cfg_low_t else scale
-                return vu + scale * (vc - vu)
-
-            noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
-            z = sample(velocity, noise, s.steps, shift=shift, method=s.sampler, churn=s.churn, generator=g)
-            if start == 0 and s.first_frame_first and Tc > 1:
-                z = self.resample_after_first(velocity, z, g, req, shift)
-            if start == 0 and not torch.isfinite(z).all():
-                raise GenerateError("the first chunk's latents are not finite (NaN/Inf): the checkpoint's DiT or its "
-                                    "sampling settings diverge; check the weights, or lower --cfg / --steps")
             tc = torch.full((nb,), s.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if s.context_noise > 0 else z
             for i, net in enumerate(nets):
@@ -206,31 +318,79 @@ class Pipeline:
                 else:
                     recent = (recent + [kv])[-s.window_chunks :] if s.window_chunks else []
                 caches[i] = (anchor, recent)
-            yield z / cfg.flow.latent_scale + cfg.flow.latent_shift
 
-    def resample_after_first(self, velocity, z: Tensor, g: torch.Generator, req: Request, shift: float) -> Tensor:
-        """Keep the first latent frame of the first chunk z (1, C, Tc, h, w) and sample its other frames again
-        from fresh noise with that frame held clean (t = 0), as flow.clean_first_frame_prob trains."""
-        first = z[:, :, :1]
+        offset = 0  # latent frames given before the first generated one
+        if req.video is not None:
+            for z, frames in self.encode_clip(req):
+                finish(z.to(self.device), offset, *texts[0])
+                yield z / cfg.flow.latent_scale + cfg.flow.latent_shift, frames
+                offset += z.shape[2]
+        first = self.encode_image(req.image).to(self.device) if req.image is not None else None
+        for start in range(offset, offset + T_new, cf):
+            Tc = min(cf, offset + T_new - start)
+            # the chunk's first frame in the new part's time (each latent frame after a clip is 4 frames)
+            frame0 = 4 * (start - offset) if offset else 0 if start == 0 else 1 + 4 * (start - 1)
+            which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
+            emb, mask = texts[which]
+            nb = emb.shape[0]
+            contexts = [([a] if a is not None else []) + r for a, r in caches]
+
+            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, contexts=contexts, nb=nb, start=start) -> Tensor:
+                # t is the step's noise level; (1, Tc) with a clean first frame in sample_after_first
+                low = float(t.max()) < s.expert_t
+                net, ctx = (self.dit_low, contexts[1]) if low else (self.dit, contexts[0])
+                tb = t.repeat(nb, *[1] * (t.dim() - 1))
+                v, _ = net.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, ctx, start)
+                vc, vu = (v, v) if nb == 1 else v.chunk(2)
+                scale = s.cfg_scale if start == 0 else later
+                scale = s.cfg_scale_low if float(t.max()) < s.cfg_low_t else scale
+                return vu + scale * (vc - vu)
+
+            if start == 0 and first is not None:  # image to video: the image is the clean first latent frame
+                z = self.sample_after_first(velocity, first, Tc, g, req, shift) if Tc > 1 else first
+            else:
+                noise = torch.randn(1, C, Tc, h, w, generator=g).to(self.device)
+                z = sample(velocity, noise, s.steps, shift=shift, method=s.sampler, churn=s.churn, generator=g)
+                if start == 0 and s.first_frame_first and Tc > 1:
+                    z = self.sample_after_first(velocity, z[:, :, :1], Tc, g, req, shift)
+            if start == offset and not torch.isfinite(z).all():
+                raise GenerateError("the first chunk's latents are not finite (NaN/Inf): the checkpoint's DiT or its "
+                                    "sampling settings diverge; check the weights, or lower --cfg / --steps")
+            finish(z, start, emb, mask)
+            yield z / cfg.flow.latent_scale + cfg.flow.latent_shift, None
+
+    def sample_after_first(self, velocity, first: Tensor, Tc: int, g: torch.Generator, req: Request,
+                           shift: float) -> Tensor:
+        """A chunk of Tc latent frames whose first, `first` (1, C, 1, h, w), is given: the others are sampled from
+        fresh noise with it held clean (t = 0), as flow.clean_first_frame_prob trains. first_frame_first keeps the
+        first frame of a sampled chunk this way; image to video starts from the image's latent frame."""
 
         def rest_velocity(x: Tensor, t: Tensor) -> Tensor:
             tt = torch.cat([torch.zeros_like(t)[:, None], t[:, None].expand(-1, x.shape[2])], 1)  # (1, Tc)
             return velocity(torch.cat([first, x], 2), tt)[:, :, 1:]
 
-        noise = torch.randn(z[:, :, 1:].shape, generator=g).to(z)
+        B, C, _, h, w = first.shape
+        noise = torch.randn(B, C, Tc - 1, h, w, generator=g).to(first)
         s = req.sample
         rest = sample(rest_velocity, noise, s.steps, shift=shift, method=s.sampler, churn=s.churn, generator=g)
         return torch.cat([first, rest], 2)
 
     @torch.no_grad()
     def frames(self, req: Request) -> Iterator[np.ndarray]:
-        """Yield uint8 frames (t, H, W, 3) chunk by chunk; exactly seconds × fps frames in all."""
+        """Yield uint8 frames (t, H, W, 3) chunk by chunk; exactly frame_count(req)[0] in all. A given clip is
+        decoded too (the streaming decoder must see its latents before the continuation's) but written only with
+        keep_input, as the fitted input frames."""
         n, _ = self.frame_count(req)
         cache = self.vae.init_cache()
         written = 0
-        for z in self.latent_chunks(req):
+        for z, given in self.chunks(req):
             x, cache = self.vae.decode(z.to(self.device), cache)  # (1, 3, t, H, W) in [-1, 1]
-            x = ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+            if given is not None:
+                if req.keep_input:
+                    written += len(given)
+                    yield given
+                continue
+            x = ((x[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
             x = x[: n - written]
             written += len(x)
             if len(x):

@@ -297,6 +297,54 @@ def iter_frames(
         raise VideoError(f"cannot decode '{path}' (corrupt or unsupported?): {e}") from e
 
 
+def resize_crop(video, size):
+    """torch (3, T, H, W) in [-1, 1] -> (3, T, h, w) for `size` = h = w or (h, w): scale (antialiased) until the
+    frame covers (h, w), then centre-crop; the one fitting rule for training clips and sampling inputs alike."""
+    import torch.nn.functional as F
+
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    _, _, H, W = video.shape
+    if (H, W) != (h, w):
+        scale = max(h / H, w / W)
+        nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
+        frames = video.permute(1, 0, 2, 3)  # (T, 3, H, W): frames as a batch of images
+        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - h) // 2, (nw - w) // 2
+        video = frames[:, :, top : top + h, left : left + w].permute(1, 0, 2, 3)
+    return video.clamp(-1, 1).contiguous()
+
+
+def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) -> (T, height, width, 3) by resize_crop (unchanged when already that size)."""
+    import torch
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    x = torch.from_numpy(np.array(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1  # (3, T, H, W), a copy
+    y = resize_crop(x, (height, width))
+    return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+
+
+def resampled_frames(path: str | Path, fps: float, width: int, height: int, chunk: int = 32) -> Iterator[np.ndarray]:
+    """Every frame of a video resampled to `fps` (nearest frame in time) and fitted to (height, width), in uint8
+    chunks (t, height, width, 3); memory stays flat however long the video is."""
+    native = probe(path)["fps"]
+    k = 0  # the next output frame, at time k / fps
+    j = 0  # the next input frame, at time j / native
+    buf: list[np.ndarray] = []
+    for batch in iter_frames(path, chunk=chunk):
+        for arr in batch:
+            while round(k * native / fps) == j:
+                buf.append(arr)
+                k += 1
+            j += 1
+        if len(buf) >= chunk:
+            yield fit_frames(np.stack(buf), width, height)
+            buf = []
+    if buf:
+        yield fit_frames(np.stack(buf), width, height)
+
+
 # ----------------------------------------------------------------------------------------------------
 # writing
 

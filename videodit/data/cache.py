@@ -314,7 +314,7 @@ def cache(
         raise DataError(f"--frames must be 1 + 4k (e.g. 17 or 33), got {frames}")
     hw = _hw(size)
     if hw[0] % 8 or hw[1] % 8:
-        raise DataError(f"--size must be a multiple of 8, got {hw}")
+        raise DataError(f"--size must be a multiple of 8, got {hw[1]}x{hw[0]} (width x height)")
     if shard_size < 1 or batch_size < 1:
         raise DataError("--shard-size and --batch-size must be >= 1")
     store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)

@@ -15,18 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from videodit.cli import parse_size
 from videodit.video_io import DataError
 
 
-def _size(text: str) -> int | tuple[int, int]:
-    """'64' -> 64; '48x64' -> (48, 64) as (height, width)."""
-    try:
-        if "x" in text:
-            h, w = text.lower().split("x")
-            return int(h), int(w)
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW, got '{text}'") from None
+def _size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '96x64' (width first) -> (64, 96) as the (height, width) the cache takes."""
+    w, h = parse_size(text)
+    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", help="checkpoint folder or T5 folder (default: the --vae checkpoint)")
     p.add_argument("--out", required=True, help="shards folder")
     p.add_argument("--frames", type=int, nargs="+", default=[17], help="frames per sample (1 + 4k); several = buckets")
-    p.add_argument("--size", type=_size, default=64, help="frame size: N (square) or HxW, multiples of 8")
+    p.add_argument("--size", type=_size, default=64, help="frame size: N (square) or WxH, width first (96x64)")
     p.add_argument("--fps", type=float, default=8)
     p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
     p.add_argument("--batch-size", type=int, default=4, help="samples per VAE / text-encoder call")

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
 from videodit.data.prep import read_manifest
 from videodit.data.shapes import P_TWO, make_example, render_clip
-from videodit.video_io import DataError, read_video
+from videodit.video_io import DataError, read_video, resize_crop
 
 
 def _hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -41,20 +40,6 @@ def _hw(size: int | Sequence[int]) -> tuple[int, int]:
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (3, T, H, W) in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0
-
-
-def resize_crop(video: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """(3, T, H, W) -> (3, T, h, w): scale (antialiased) until the frame covers (h, w), then centre-crop."""
-    h, w = _hw(size)
-    _, _, H, W = video.shape
-    if (H, W) != (h, w):
-        scale = max(h / H, w / W)
-        nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
-        frames = video.permute(1, 0, 2, 3)  # (T, 3, H, W): frames as a batch of images
-        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (nh - h) // 2, (nw - w) // 2
-        video = frames[:, :, top : top + h, left : left + w].permute(1, 0, 2, 3)
-    return video.clamp(-1, 1).contiguous()
 
 
 def clip_windows(rows: list[dict], frames: int, fps: float) -> list[tuple[int, float]]:

@@ -89,3 +89,41 @@ def test_explicit_text_encoder_wins_over_the_vae_checkpoints(tmp_path):
 def test_the_word_tokenizer_needs_its_vocabulary():
     with pytest.raises(ValueError, match="needs the vocabulary"):
         TextEncoder.tiny(TextConfig(tiny_tokenizer="words"))
+
+
+@pytest.mark.parametrize("kind", ["umt5", "mt5", "t5"])
+def test_t5_family_folders_load_as_their_own_class_and_equal_transformers(tmp_path, kind):
+    """umT5 has a relative-position bias in every layer (T5: the first only); a folder loads as the class its
+    config names, so our embeddings equal a direct transformers call on it (padding masked, zeros there)."""
+    import transformers
+
+    config_cls = {"umt5": transformers.UMT5Config, "mt5": transformers.MT5Config, "t5": transformers.T5Config}[kind]
+    model_cls = {"umt5": transformers.UMT5EncoderModel, "mt5": transformers.MT5EncoderModel,
+                 "t5": transformers.T5EncoderModel}[kind]
+    torch.manual_seed(0)
+    ref = model_cls(config_cls(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=3, num_heads=4,
+                               dropout_rate=0.0, feed_forward_proj="gated-gelu")).eval()
+    ref.save_pretrained(tmp_path)
+    te = TextEncoder.from_pretrained(tmp_path, max_length=16)  # no tokenizer files, byte-level vocabulary: ByT5's
+    assert type(te.model).__name__ == model_cls.__name__
+    prompts = ["a red circle moving up", "a dog"]
+    emb, mask = te(prompts)
+    ids, m = te.tokenize(prompts)
+    with torch.no_grad():
+        direct = ref(input_ids=ids, attention_mask=m.long()).last_hidden_state * m[..., None]
+    assert torch.allclose(emb, direct, atol=1e-6) and mask.tolist() == m.tolist() and not mask[1].all()
+    if kind == "umt5":  # what loading it as T5 did: all but the first layer's position bias dropped
+        wrong = transformers.T5EncoderModel.from_pretrained(tmp_path)
+        with torch.no_grad():
+            other = wrong(input_ids=ids, attention_mask=m.long()).last_hidden_state * m[..., None]
+        assert (other - direct).abs().max() > 1e-2
+
+
+def test_a_folder_of_another_model_type_is_refused(tmp_path):
+    import transformers
+
+    transformers.BertModel(transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=32)).save_pretrained(
+        tmp_path)
+    with pytest.raises(FileNotFoundError, match="'bert' model; the text encoder must be one of t5, mt5, umt5"):
+        TextEncoder.from_pretrained(tmp_path, max_length=16)

@@ -1,9 +1,9 @@
 """Frozen T5 text encoder (Raffel et al. 2020; Imagen showed a large frozen T5 is what prompt-following needs).
 
-`TextEncoder` wraps transformers' `T5EncoderModel` and its tokenizer: any T5 / T5 v1.1 / umT5 / ByT5 encoder
-loads from a local folder (or a hub id where the user has a network). With no pretrained path it builds a
-tiny T5 from a small `T5Config` with the byte-level ByT5 tokenizer, which needs no vocabulary file, so the
-whole pipeline runs offline; those weights are saved inside the checkpoint.
+`TextEncoder` wraps a transformers T5-family encoder and its tokenizer: a T5 / T5 v1.1 / ByT5, mT5 or umT5 encoder
+loads from a local folder (or a hub id where the user has a network) as the class its own config names. With no
+pretrained path it builds a tiny T5 from a small `T5Config` with the byte-level ByT5 tokenizer, which needs no
+vocabulary file, so the whole pipeline runs offline; those weights are saved inside the checkpoint.
 """
 
 from __future__ import annotations
@@ -37,6 +37,17 @@ def word_tokenizer(words: list[str]):
     )
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+# The encoder class each config's model_type needs. umT5 (Wan's text encoder) keeps a relative-position bias in every
+# layer where T5 has one in the first only: built as T5 it would load with all but one bias dropped.
+ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
+def encoder_class(model_type: str):
+    import transformers
+
+    return getattr(transformers, ENCODERS[model_type])
 
 
 class TextEncoder(nn.Module):
@@ -75,7 +86,7 @@ class TextEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, max_length: int) -> TextEncoder:
-        from transformers import AutoTokenizer, ByT5Tokenizer, T5EncoderModel
+        from transformers import AutoConfig, AutoTokenizer, ByT5Tokenizer
         from transformers.utils import logging as hf_logging
 
         path = str(path)
@@ -89,7 +100,11 @@ class TextEncoder(nn.Module):
                 "T5EncoderModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)"
             )
         try:
-            model = T5EncoderModel.from_pretrained(path, use_safetensors=True)
+            model_type = AutoConfig.from_pretrained(path).model_type
+            if model_type not in ENCODERS:
+                raise FileNotFoundError(f"'{path}' holds a '{model_type}' model; the text encoder must be one of "
+                                        f"{', '.join(ENCODERS)} (T5, mT5, umT5 and ByT5 are 't5'/'mt5'/'umt5')")
+            model = encoder_class(model_type).from_pretrained(path, use_safetensors=True)
         except OSError as e:
             raise FileNotFoundError(
                 f"could not load a T5 encoder from '{path}': give a local folder made by save_pretrained "

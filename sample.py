@@ -5,6 +5,7 @@
         --seconds 10 --preview sheet.png --sample.churn 0.5
     python sample.py --image first.png --prompt "a red circle moving up" --seconds 20 --size 96x64
     python sample.py --video clip.mp4 --prompt "a red circle moving up" --seconds 30 --keep-input
+    python sample.py --prompt "a red circle moving up" --lora runs/light/export:0.8   # a LoRA adapter, scaled
 
 With no --checkpoint it uses the tiny model shipped in checkpoints/tiny (trained on the procedural shapes).
 Any sampling key of the config (docs/configuration.md, section `sample`) is set with --sample.KEY VALUE.
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--image", help="a PNG/JPEG to start from: the video's first frame (resized and cropped to fit)")
     p.add_argument("--video", help="a clip to continue for --seconds more (any container prep reads)")
     p.add_argument("--keep-input", action="store_true", help="with --video: write the clip, then the continuation")
+    p.add_argument("--lora", action="append", default=[],
+                   help="a LoRA adapter folder (a LoRA run's export), optionally PATH:SCALE (default 1); repeatable")
     args, rest = p.parse_known_args(argv)
     return p, args, rest
 
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         check_outputs(out, args.preview)
         t0 = time.time()
-        pipe = Pipeline.load(args.checkpoint, device=device)
+        from videodit.lora import parse_lora
+
+        loras = [parse_lora(x) for x in args.lora]
+        pipe = Pipeline.load(args.checkpoint, device=device, loras=loras)
+        for path, scale in loras:
+            print(f"LoRA {path} x {scale:g} merged into the DiT")
         req = pipe.request(args.prompt, at=args.at, seconds=args.seconds, size=args.size, fps=args.fps,
                            seed=args.seed, negative_prompt=args.negative_prompt, sample=overrides,
                            image=args.image, video=args.video, keep_input=args.keep_input,

@@ -183,6 +183,13 @@ class TrainConfig:
     task: str = "dit"  # "dit" or "vae"
     vae: str = ""  # checkpoint folder of a trained VAE (task dit): encodes clips on the fly, ships with the export
     init: str = ""  # an export folder whose weights start this run (fine-tuning; dit.safetensors / vae.safetensors)
+    # LoRA (videodit/lora.py): train a low-rank adapter of this rank on train.init's DiT, which stays frozen; only
+    # the adapter is optimised, checkpointed and exported (RUN/export/lora.safetensors + lora.yaml). 0 = off
+    lora_rank: int = 0
+    lora_alpha: float = 8.0  # the adapter's update is scaled by lora_alpha / lora_rank
+    # the linear layers of every DiT block that get an adapter, by their path in the block (attention and MLP)
+    lora_targets: tuple[str, ...] = ("attn_s.qkv", "attn_s.proj", "attn_t.qkv", "attn_t.proj", "attn_c.q", "attn_c.kv",
+                                     "attn_c.proj", "mlp.0", "mlp.2")
     deepspeed: str = ""  # optional DeepSpeed JSON (configs/deepspeed/); batch, precision and clipping come from here
     out_dir: str = "runs/default"  # the run folder: checkpoints, logs, export
     steps: int = 1000  # optimizer steps of the run
@@ -513,6 +520,8 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "data.batch_size": (1, INF, ">= 1"),
     "data.num_workers": (0, INF, ">= 0"),
     "data.crop": (0, INF, "a multiple of 8 (0 = whole frames)"),
+    "train.lora_rank": (0, INF, ">= 0 (0 = no LoRA: the whole model is trained)"),
+    "train.lora_alpha": (0, INF, "> 0"),
     "train.steps": (1, INF, ">= 1"),
     "train.lr": (0, INF, "> 0"),
     "train.weight_decay": (0, INF, ">= 0"),
@@ -539,7 +548,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
 }
 # keys whose low (>) or high (<) bound is excluded
 OPEN_LOW = {"model.mlp_ratio", "model.rope_theta", "model.rope_grid_scale", "flow.logit_std", "flow.t_max",
-            "train.lr", "sample.max_seconds"}
+            "train.lr", "train.lora_alpha", "sample.max_seconds"}
 OPEN_HIGH = {"train.ema_decay", "sample.context_noise"}
 
 
@@ -614,6 +623,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.nan_policy must be 'stop' or 'skip', got '{t.nan_policy}'")
     if t.wandb not in ("online", "offline", "disabled"):
         raise ConfigError(f"train.wandb must be online, offline or disabled, got '{t.wandb}'")
+    if t.lora_rank and not (t.task == "dit" and t.init):
+        raise ConfigError("train.lora_rank trains an adapter of a trained DiT: set train.task dit and train.init to "
+                          "its checkpoint folder (e.g. checkpoints/tiny)")
+    if t.lora_rank and not t.lora_targets:
+        raise ConfigError("train.lora_targets is empty; name at least one linear layer of a DiT block (e.g. mlp.0)")
     if cfg.vae.freeze_encoder and not (t.task == "vae" and t.init):
         raise ConfigError("vae.freeze_encoder fine-tunes a trained VAE's decoder: set train.task vae and train.init")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from videodit.checkpoint import CheckpointError, expert_config, load_dit, load_text_encoder, load_vae, read_config
+from videodit.checkpoint import (
+    CheckpointError,
+    expert_config,
+    load_dit,
+    load_state,
+    load_text_encoder,
+    load_vae,
+    read_config,
+)
 from videodit.config import Config, ConfigError, SampleConfig, check_sample, override
 from videodit.dit import ChunkKV
 from videodit.flow import interpolate, sample, timestep_shift
@@ -69,9 +77,22 @@ class Pipeline:
         self.device = device
 
     @classmethod
-    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu",
+             loras: Sequence[tuple[str | Path, float]] = ()) -> Pipeline:
+        """The checkpoint in `folder`; `loras`: (adapter folder, scale) pairs merged into its DiT (videodit.lora).
+        An adapter is trained on the main DiT: with any, sampling uses it for every step (sample.expert_t 0; set
+        sample.expert_t to let the unadapted low-noise expert finish the last steps)."""
+        from videodit.lora import load_adapter, merge, weights_hash
+
         cfg = read_config(folder)
-        dit, vae, text_encoder = load_dit(folder, cfg), load_vae(folder, cfg), load_text_encoder(folder, cfg)
+        state = load_state(Path(folder) / "dit.safetensors")
+        dit = load_dit(folder, cfg, state=state)
+        vae, text_encoder = load_vae(folder, cfg), load_text_encoder(folder, cfg)
+        if loras:
+            base_hash = weights_hash(state)
+            for path, scale in loras:
+                merge(dit, load_adapter(path), scale, base_hash, f"--lora '{path}'")
+            cfg.sample.expert_t = 0.0
         low = Path(folder) / "dit_low.safetensors"
         if cfg.sample.expert_t > 0 and not low.is_file():
             raise CheckpointError(f"'{folder}/config.yaml' sets sample.expert_t {cfg.sample.expert_t:g} but the "

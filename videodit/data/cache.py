@@ -100,9 +100,11 @@ class _Windows(Dataset):
         if "shapes" in row:  # a procedural clip: rendered, not decoded
             from videodit.data.shapes import make_example, render_clip
 
-            seed, split, index, *p_two = row["shapes"]  # p_two: rows written before it existed lack it
-            spec, _ = make_example(seed, index, split, *p_two)
-            return to_tensor(render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames)), None
+            seed, split, index, *rest = row["shapes"]  # p_two, style: rows written before them lack them
+            spec, _ = make_example(seed, index, split, *rest[:1])
+            style = rest[1] if len(rest) > 1 else "plain"
+            clip = render_clip(spec, fps=self.fps, size=self.size, frames=self.plan.frames, style=style)
+            return to_tensor(clip), None
         try:
             return load_window(row, start, self.plan.frames, self.size, self.fps), None
         except (DataError, OSError) as e:  # the user's data, not our code: the caller skips or stops
@@ -119,11 +121,14 @@ def _unbatched(batch: list) -> list:  # DataLoader collate_fn: the loop sorts go
     return batch
 
 
-def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train", p_two: float | None = None
-                ) -> list[dict]:
+def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "train", p_two: float | None = None,
+                style: str = "plain") -> list[dict]:
     """Manifest rows of the procedural clips 0..num-1, `frames` long, rendered by _Windows on demand; p_two: the
-    share of two-object clips (None: the dataset's default, P_TWO)."""
-    from videodit.data.shapes import P_TWO, make_example
+    share of two-object clips (None: the dataset's default, P_TWO); style: shapes.STYLES."""
+    from videodit.data.shapes import P_TWO, STYLES, make_example
+
+    if style not in STYLES:
+        raise DataError(f"--style must be one of {', '.join(STYLES)}, got '{style}'")
 
     p_two = P_TWO if p_two is None else p_two
 
@@ -133,7 +138,7 @@ def shapes_rows(num: int, seed: int, frames: int, fps: float, split: str = "trai
     for i in range(num):
         _, text = make_example(seed, i, split, p_two)
         rows.append(dict(path=f"shapes:{split}:{seed}:{i}", start=0.0, end=frames / fps, caption=text,
-                         shapes=[seed, split, i, p_two]))  # fmt: skip
+                         shapes=[seed, split, i, p_two] + ([style] if style != "plain" else [])))  # fmt: skip
     return rows
 
 
@@ -300,6 +305,7 @@ def cache(
     seed: int = 0,
     p_two: float | None = None,
     on_error: str = "skip",
+    style: str = "plain",
 ) -> dict:
     """Encode this rank's shards (of `manifest`'s clips, or of `shapes` procedural clips with `seed`).
     on_error: "skip" leaves unreadable clips out (listed in skipped.jsonl), "stop" raises ClipError at the first.
@@ -332,9 +338,10 @@ def cache(
     if bool(shapes) == (manifest is not None):
         raise DataError("give either a clips manifest or --shapes N (procedural clips), not both or neither")
     if shapes:
-        rows = shapes_rows(shapes, seed, max(frames), fps, p_two=p_two)
-        # the default share keeps the old name, so caches written before --p-two existed still resume
-        source = f"shapes:train:{seed}:{shapes}" + ("" if p_two is None else f":p_two={p_two:g}")
+        rows = shapes_rows(shapes, seed, max(frames), fps, p_two=p_two, style=style)
+        # the default share and style keep the old name, so caches written before --p-two existed still resume
+        source = (f"shapes:train:{seed}:{shapes}" + ("" if p_two is None else f":p_two={p_two:g}")
+                  + ("" if style == "plain" else f":style={style}"))
     else:
         rows = read_manifest(manifest)
         source = str(Path(manifest).resolve())

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", type=int, default=0,
                    help="instead of a manifest: render this many procedural shapes clips (train split)")
     p.add_argument("--seed", type=int, default=0, help="procedural dataset seed (with --shapes)")
+    p.add_argument("--style", default="plain",
+                   help="with --shapes: the rendering style (plain; light: a light-grey background the shipped model "
+                        "never saw, for LoRA experiments)")
     p.add_argument("--p-two", type=float, default=None,
                    help="share of two-object clips (with --shapes; default: the dataset's 0.3)")
     p.add_argument("--vae", required=True, help="checkpoint folder holding config.yaml + vae.safetensors")
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
             fps=args.fps, shard_size=args.shard_size, batch_size=args.batch_size, rank=args.rank,
             world_size=args.world_size, device=args.device, dtype=args.dtype, workers=args.workers,
             max_length=args.max_length, max_shards=args.max_shards, shapes=args.shapes, seed=args.seed,
-            p_two=args.p_two, on_error=args.on_error,
+            p_two=args.p_two, on_error=args.on_error, style=args.style,
         )  # fmt: skip
         bad = sum(s["bad"].values())
         where = f"listed in {args.out}/skipped.jsonl" if s["index"] else "listed in skipped.jsonl with index.json"

@@ -49,6 +49,10 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "navy": (14, 18, 56),
     "dark brown": (48, 30, 18),
 }
+# rendering styles: "plain" is the dataset's look; the others are looks the shipped model never saw, for
+# fine-tuning experiments (a LoRA): "light" paints every background light grey (captions keep their words)
+STYLES = ("plain", "light")
+LIGHT_BACKGROUND = (160, 160, 165)  # >= 140 RGB levels from every palette colour, as bright as none of BACKGROUNDS
 SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, float] = {"small": 0.09, "large": 0.16}  # half-extent as a fraction of the shorter side
 # unit direction in image coordinates (x right, y down)
@@ -205,8 +209,9 @@ def render_clip(
     fps: float = 8,
     size: int | tuple[int, int] = 64,
     frames: int | None = None,
+    style: str = "plain",
 ) -> np.ndarray:
-    """Render a clip -> uint8 (T, H, W, 3); T = `frames` if given, else round(seconds * fps).
+    """Render a clip -> uint8 (T, H, W, 3); T = `frames` if given, else round(seconds * fps). `style`: one of STYLES.
 
     Hard-edged shapes (no anti-aliasing) from vectorised masks: a minute at 64x64 and 8 fps takes ~0.1 s.
     """
@@ -219,7 +224,9 @@ def render_clip(
         raise DataError(f"render_clip needs at least one frame of 8x8 pixels, got {frames} frames of {w}x{h}")
     times = np.arange(frames) / fps
     out = np.empty((frames, h, w, 3), np.uint8)
-    out[:] = np.array(BACKGROUNDS[spec.background], np.uint8)
+    if style not in STYLES:
+        raise DataError(f"style must be one of {', '.join(STYLES)}, got '{style}'")
+    out[:] = np.array(LIGHT_BACKGROUND if style == "light" else BACKGROUNDS[spec.background], np.uint8)
     ys = np.arange(h, dtype=np.float32) + 0.5
     xs = np.arange(w, dtype=np.float32) + 0.5
     for obj in reversed(spec.objects):  # objects[0] ends on top

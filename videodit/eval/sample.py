@@ -32,9 +32,9 @@ from videodit.video_io import read_video, write_video
 _PIPES: dict[str, Pipeline] = {}
 
 
-def _init_worker(checkpoint: str, threads: int) -> None:
+def _init_worker(checkpoint: str, threads: int, loras: list[tuple[str, float]]) -> None:
     torch.set_num_threads(threads)
-    _PIPES[checkpoint] = Pipeline.load(checkpoint)
+    _PIPES[checkpoint] = Pipeline.load(checkpoint, loras=loras)
 
 
 def seam_args(cfg) -> dict:
@@ -80,13 +80,18 @@ def main() -> None:
     ap.add_argument("--vae-seconds", type=float, default=10.0,
                     help="seconds of each ground-truth clip to round-trip through the VAE (0 skips this control)")
     ap.add_argument("--jobs", type=int, default=1, help="generate in this many processes (threads split evenly)")
+    ap.add_argument("--lora", action="append", default=[],
+                    help="a LoRA adapter PATH[:SCALE] (as sample.py); repeatable")
     args, rest = ap.parse_known_args()
     flat = parse_overrides(rest)
     if any(not k.startswith("sample.") for k in flat):
         ap.error(f"only --sample.KEY overrides are taken, got {[k for k in flat if not k.startswith('sample.')]}")
     overrides = {k.removeprefix("sample."): v for k, v in flat.items()}
 
-    pipe = Pipeline.load(args.checkpoint)
+    from videodit.lora import parse_lora
+
+    loras = [parse_lora(x) for x in args.lora]
+    pipe = Pipeline.load(args.checkpoint, loras=loras)
     cfg = pipe.cfg
     fps, size = cfg.data.fps, cfg.data.size
     pool = [(i, make_example(args.seed, i, args.split)) for i in range(100 * args.num if args.objects else args.num)]
@@ -110,7 +115,7 @@ def main() -> None:
             threads = max(1, torch.get_num_threads() // args.jobs)
             ex = stack.enter_context(ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                                          initializer=_init_worker,
-                                                         initargs=(args.checkpoint, threads)))
+                                                         initargs=(args.checkpoint, threads, loras)))
             results = ex.map(_generate_job, jobs)
         else:
             _PIPES[args.checkpoint] = pipe

@@ -24,6 +24,7 @@ from videodit.config import Config, ConfigError
 from videodit.data.datasets import collate
 from videodit.dit import DiT
 from videodit.flow import anchor_gap_index, flow_loss, sample_t, take_frames
+from videodit.lora import weights_hash
 from videodit.train import TrainError
 from videodit.train.batches import step_generator
 
@@ -82,11 +83,14 @@ class DiTTask:
                 raise TrainError(f"model.in_channels ({cfg.model.in_channels}) must equal the VAE's latent channels "
                                  f"({self.vae.cfg.latent_channels})")
         self.null_emb, self.null_mask = self.text_encoder([""])
+        self.base_hash = ""  # of train.init's DiT weights, set by model()
 
     def model(self) -> nn.Module:
         dit = DiT(self.cfg.model)
         if self.cfg.train.init:
-            missing, unexpected = dit.load_state_dict(load_init(self.cfg.train.init, "dit.safetensors"), strict=False)
+            state = load_init(self.cfg.train.init, "dit.safetensors")
+            self.base_hash = weights_hash(state)  # a LoRA names its base by this
+            missing, unexpected = dit.load_state_dict(state, strict=False)
             # an export from before model.first_chunk_embed or model.text_refiner starts with the new vector at
             # zero and the refiner as the identity: the same model
             new = {k for k in missing if k == "first_chunk" or k.startswith("text_refiner.")}

@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from videodit.checkpoint import CheckpointError, atomic_save_state, write_config
+from videodit import lora
+from videodit.checkpoint import CheckpointError, atomic_save_state, read_config, write_config
 from videodit.config import Config, ConfigError, load_config
 from videodit.data.datasets import collate
 from videodit.dit import DiT
@@ -76,9 +77,10 @@ class EMA:
             self.shadow[k].lerp_(v.detach().float(), 1 - decay)
 
 
-def named_params(module: nn.Module) -> dict[str, Tensor]:
+def named_params(module: nn.Module, trainable_only: bool = False) -> dict[str, Tensor]:
     # the same names as an unwrapped model's state_dict, also under activation checkpointing
-    return {k.replace("_checkpoint_wrapped_module.", ""): p for k, p in module.named_parameters()}
+    return {k.replace("_checkpoint_wrapped_module.", ""): p for k, p in module.named_parameters()
+            if p.requires_grad or not trainable_only}
 
 
 def resolve_precision(cfg: Config) -> str:
@@ -182,15 +184,24 @@ class Trainer:
         if first is not None:
             saved = first[1]["config"].flow
             cfg.flow.latent_scale, cfg.flow.latent_shift = saved.latent_scale, saved.latent_shift
+        self.lora = t.lora_rank > 0  # an adapter of train.init's frozen DiT is trained, saved and exported
+        if self.lora and cfg.flow.latent_scale <= 0:  # the base's latent space, not one measured on the new clips
+            base = read_config(t.init).flow
+            cfg.flow.latent_scale, cfg.flow.latent_shift = base.latent_scale, base.latent_shift
         self.task.estimate_latent_stats(self.dataset)
 
         torch.manual_seed(t.seed)
         self.module = self.task.model().to(self.device)
+        if self.lora:
+            try:
+                lora.apply(self.module.dit, t.lora_rank, t.lora_alpha, t.lora_targets)
+            except lora.LoRAError as e:
+                raise TrainError(f"train.lora_targets: {e}") from None
         if t.activation_checkpointing:
             apply_activation_checkpointing(self.module, t.checkpoint_policy)
         if t.compile:
             compile_blocks(self.module)
-        self.ema = EMA(named_params(self.module), t.ema_decay)
+        self.ema = EMA(named_params(self.module, self.lora), t.ema_decay)
         opt_kwargs = dict(lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         if self.device.type == "cuda":
             opt_kwargs["fused"] = True
@@ -335,14 +346,14 @@ class Trainer:
         step = state["trainer"]["step"]
         if self.engine is not None:
             try:
-                self.engine.load_checkpoint(str(folder / "ds"), tag="state")
+                self.engine.load_checkpoint(str(folder / "ds"), tag="state", load_module_strict=not self.lora)
             except Exception as e:  # a damaged DeepSpeed file; the next checkpoint tried loads over all of it
                 raise CheckpointError(f"{folder / 'ds'} is damaged ({str(e).strip()[:200]})") from None
         else:
             check_tensors(folder / "model.safetensors", state["model"],
-                          {k: v.shape for k, v in self.module.state_dict().items()})
+                          {k: v.shape for k, v in self.saved_state().items()})
             check_optimizer_tensors(folder / "optimizer.safetensors", state["optimizer"], self.optimizer)
-            self.module.load_state_dict(state["model"])
+            self.module.load_state_dict(state["model"], strict=not self.lora)  # LoRA: the adapter; the base is init
             load_optimizer_tensors(self.optimizer, state["optimizer"])
             self.scheduler.last_epoch = step
             self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
@@ -354,6 +365,10 @@ class Trainer:
         self.skipped = state["trainer"]["skipped"]
         saved = state["config"].flow
         self.cfg.flow.latent_scale, self.cfg.flow.latent_shift = saved.latent_scale, saved.latent_shift
+
+    def saved_state(self) -> dict[str, Tensor]:
+        """What a resume checkpoint holds of the model: all of it, or with LoRA the adapter (the base is train.init)."""
+        return named_params(self.module, True) if self.lora else self.module.state_dict()
 
     def save(self, step: int) -> Path:
         """A resume checkpoint, written to a temporary folder and renamed into place: a crash or a full disk
@@ -368,10 +383,11 @@ class Trainer:
                 tmp.mkdir(parents=True)
             self.barrier()
             if self.engine is not None:
-                self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False)
+                self.engine.save_checkpoint(str(tmp / "ds"), tag="state", save_latest=False,
+                                            exclude_frozen_parameters=self.lora)
             if self.dist.main:
                 if self.engine is None:
-                    atomic_save_state(self.module.state_dict(), tmp / "model.safetensors")
+                    atomic_save_state(self.saved_state(), tmp / "model.safetensors")
                     atomic_save_state(optimizer_tensors(self.optimizer), tmp / "optimizer.safetensors")
                 atomic_save_state(self.ema.shadow, tmp / "ema.safetensors")
                 write_config(self.cfg, tmp)
@@ -397,7 +413,8 @@ class Trainer:
         return final
 
     def export(self, folder: Path | None = None) -> Path:
-        """EMA weights + config as a checkpoint folder that sample.py loads. Written next to it under a
+        """EMA weights + config as a checkpoint folder that sample.py loads (with LoRA: the adapter folder that
+        sample.py --lora loads over train.init). Written next to it under a
         temporary name and swapped in, so a crash or a full disk leaves the previous export as it was."""
         folder = folder or self.run_dir / "export"
         if self.dist.main:
@@ -408,13 +425,7 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
             try:
                 tmp.mkdir(parents=True)
-                module = copy.deepcopy(self.task.model())
-                missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
-                assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
-                self.task.export(module, tmp)
-                # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
-                cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
-                write_config(cfg, tmp)
+                self.write_export(tmp)
             except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if out_of_space(e):
@@ -428,6 +439,35 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return folder
+
+    def write_export(self, folder: Path) -> None:
+        if self.lora:  # the adapter alone (its EMA); sampling applies it to train.init's DiT with --lora
+            lora.save_adapter(self.ema_adapter(), folder)
+            return
+        module = copy.deepcopy(self.task.model())
+        missing, unexpected = module.load_state_dict(self.ema.shadow, strict=False)
+        assert not unexpected and not [k for k in missing if k in dict(module.named_parameters())]
+        self.task.export(module, folder)
+        # an export holds one DiT: a low-noise expert the init checkpoint had is not part of it
+        cfg = replace(self.cfg, sample=replace(self.cfg.sample, expert_t=0.0))
+        write_config(cfg, folder)
+
+    def ema_adapter(self) -> lora.Adapter:
+        t, m = self.cfg.train, self.cfg.model
+        tensors = {k.removeprefix("dit."): v for k, v in self.ema.shadow.items()}
+        return lora.Adapter(t.lora_rank, t.lora_alpha, tuple(t.lora_targets), self.task.base_hash, m.hidden, m.depth,
+                            tensors, base=t.init)
+
+    def ema_dit(self) -> DiT:
+        """A plain DiT with the EMA weights (with LoRA: train.init's DiT with the EMA adapter merged)."""
+        if self.lora:
+            dit = self.task.model().dit
+            lora.merge(dit, self.ema_adapter(), 1.0, self.task.base_hash)
+            return dit
+        dit = DiT(self.cfg.model)
+        with full_params(self.module, 0):
+            dit.load_state_dict({k.removeprefix("dit."): v for k, v in self.ema.shadow.items()})
+        return dit
 
     def barrier(self) -> None:
         if self.dist.world > 1:
@@ -485,7 +525,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
         with full_params(self.module, cfg.train.zero_stage):
-            self.ema.update(named_params(self.module), step)
+            self.ema.update(named_params(self.module, self.lora), step)
         return all_mean(total, dist)
 
     def fit(self, stop_after: int | None = None) -> None:
@@ -551,9 +591,7 @@ class Trainer:
             return
         from videodit.generate import Pipeline, generate
 
-        dit = DiT(self.cfg.model)
-        with full_params(self.module, 0):
-            dit.load_state_dict({k.removeprefix("dit."): v for k, v in self.ema.shadow.items()})
+        dit = self.ema_dit()
         pipe = Pipeline(self.cfg, dit, self.task.vae, self.task.text_encoder, self.device)
         prompt = "a red circle moving to the right"
         out = self.run_dir / "samples" / f"step_{step:07d}.mp4"
@@ -591,6 +629,10 @@ def run(cfg: Config, resume: str = "", export_only: bool = False, overwrite: boo
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, trainer.run_dir)
         n = sum(p.numel() for p in trainer.module.parameters())
+        if trainer.lora:
+            k = sum(p.numel() for p in trainer.module.parameters() if p.requires_grad)
+            print(f"LoRA rank {cfg.train.lora_rank} on {cfg.train.init}: {k / 1e6:.3f}M trainable parameters "
+                  f"({100 * k / n:.2f}% of {n / 1e6:.2f}M)")
         print(f"{cfg.train.task}: {n / 1e6:.2f}M parameters, world {dist.world}, micro-batch {trainer.micro}, "
               f"precision {trainer.precision}, ZeRO {cfg.train.zero_stage}, start step {trainer.start_step}")
     if export_only and trainer.start_step == 0:
@@ -600,5 +642,7 @@ def run(cfg: Config, resume: str = "", export_only: bool = False, overwrite: boo
         trainer.fit()
     folder = trainer.export()
     if dist.main:
-        print(f"exported {folder} (config.yaml + safetensors)")
+        what = ("a LoRA adapter: lora.safetensors + lora.yaml, for sample.py --lora" if trainer.lora
+                else "config.yaml + safetensors")
+        print(f"exported {folder} ({what})")
     return folder

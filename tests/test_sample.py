@@ -366,3 +366,24 @@ def test_shipped_model_two_steps_with_the_default_checkpoint(tmp_path):
     with av.open(str(out)) as c:
         frames = [f for f in c.decode(video=0)]
     assert len(frames) == 24 and frames[0].width == 64 and frames[0].height == 64
+
+
+def test_prompt_added_between_chunks_equals_the_timeline_given_up_front(pipe):
+    """Pipeline.extend while frames() runs (the app's mid-run prompt change): a prompt added after the first chunk
+    at that chunk's end gives the same video as asking for the two-prompt timeline from the start; it is checked
+    as request() checks a timeline."""
+    first, second = "a red circle moving to the left", "a blue square moving up"
+    req = R(pipe, prompts=[first], seconds=3.0, seed=2, cfg_scale=2.0)
+    stream = pipe.frames(req)
+    got = [next(stream)]  # the first chunk: frames 0..4
+    pipe.extend(req, second, at=len(got[0]) / req.fps)
+    got += list(stream)
+    whole = list(pipe.frames(R(pipe, prompts=[first, second], at=[0.0, 5 / 8], seconds=3.0, seed=2, cfg_scale=2.0)))
+    assert req.prompts == [first, second] and req.at == [0.0, 0.625]
+    assert all((a == b).all() for a, b in zip(got, whole)) and len(got) == len(whole)
+    alone = list(pipe.frames(R(pipe, prompts=[first], seconds=3.0, seed=2, cfg_scale=2.0)))
+    assert (got[0] == alone[0]).all() and any((a != b).any() for a, b in zip(got[1:], alone[1:]))
+    for prompt, at, needle in [(" ", 1.0, "non-empty"), (second, 0.5, "increasing"), (second, 3.0, "below --seconds")]:
+        with pytest.raises(GenerateError, match=needle):
+            pipe.extend(req, prompt, at=at)
+    assert len(req.prompts) == len(req.at) == 2

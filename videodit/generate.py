@@ -67,6 +67,19 @@ class Request:
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed
 
 
+def check_timeline(prompts: list[str], at: list[float] | None, seconds: float) -> None:
+    """The prompt timeline's one check (Pipeline.request, and Pipeline.extend while a video is being made)."""
+    if not prompts or any(not p.strip() for p in prompts):
+        raise GenerateError("every --prompt must be non-empty text (use --negative-prompt for what to avoid)")
+    if at is None or len(at) != len(prompts):
+        raise GenerateError("give one --at start time (seconds) per --prompt, the first being 0")
+    if not all(math.isfinite(a) for a in at) or at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])):
+        raise GenerateError(f"--at must be increasing finite start times, the first being 0, got {at}")
+    if at[-1] >= seconds:
+        raise GenerateError(f"--at {at[-1]:g} starts a prompt at or after the end of the video ({seconds:g} s); "
+                            f"every --at must be below --seconds")
+
+
 class Pipeline:
     def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device, dit_low=None):
         self.cfg = cfg
@@ -123,15 +136,7 @@ class Pipeline:
         width, height = (c.data.size, c.data.size) if size is None else (size, size) if isinstance(size, int) else size
         if not (math.isfinite(seconds) and 0 < seconds <= s.max_seconds):
             raise GenerateError(f"--seconds must be in (0, {s.max_seconds:g}], got {seconds:g}")
-        if not prompts or any(not p.strip() for p in prompts):
-            raise GenerateError("every --prompt must be non-empty text (use --negative-prompt for what to avoid)")
-        if at is None or len(at) != len(prompts):
-            raise GenerateError("give one --at start time (seconds) per --prompt, the first being 0")
-        if not all(math.isfinite(a) for a in at) or at[0] != 0 or any(b <= a for a, b in zip(at, at[1:])):
-            raise GenerateError(f"--at must be increasing finite start times, the first being 0, got {at}")
-        if at[-1] >= seconds:
-            raise GenerateError(f"--at {at[-1]:g} starts a prompt at or after the end of the video ({seconds:g} s); "
-                                f"every --at must be below --seconds")
+        check_timeline(prompts, at, seconds)
         if fps != c.data.fps:
             raise GenerateError(f"this checkpoint was trained at {c.data.fps} fps; use --fps {c.data.fps}")
         self.check_size(width, height)
@@ -153,6 +158,16 @@ class Pipeline:
         if video is not None:
             req.video, req.video_frames = self.check_clip(video, fps, req.notes)
         return req
+
+    def extend(self, req: Request, prompt: str, at: float,
+               label: Callable[[str], str] = lambda k: f"sample.{k}") -> None:
+        """Switch `req` to `prompt` from `at` seconds on, checked as `request` checks its timeline. Allowed while
+        frames(req) runs: each chunk reads req.prompts/req.at as it starts and encodes a prompt when first used, so
+        a prompt added between two chunks steers every chunk after (the app's mid-run prompt changes)."""
+        check_timeline(req.prompts + [prompt], req.at + [at], req.seconds)
+        self.check_words([prompt], req.sample.unknown_words, label)
+        req.prompts.append(prompt)  # before its start time: a chunk never sees a time without its prompt
+        req.at.append(float(at))
 
     def size_unit(self) -> int:
         """Frame sides must be multiples of this: the VAE's 8 times the DiTs' spatial patch."""
@@ -247,15 +262,16 @@ class Pipeline:
     @torch.no_grad()
     def encode_prompts(self, req: Request) -> list[tuple[Tensor, Tensor]]:
         """Per prompt: (emb, mask) batched as [prompt, negative] (or [prompt] without guidance)."""
+        return [self.encode_prompt(req, p) for p in req.prompts]
+
+    @torch.no_grad()
+    def encode_prompt(self, req: Request, prompt: str) -> tuple[Tensor, Tensor]:
+        """(emb, mask) of one prompt, batched as [prompt, negative] (or [prompt] without guidance)."""
         s = req.sample
         later = s.cfg_scale if s.cfg_scale_later is None else s.cfg_scale_later
         guided = any(v != 1.0 for v in (s.cfg_scale, later)) or (s.cfg_low_t > 0 and s.cfg_scale_low != 1.0)
-        out = []
-        for p in req.prompts:
-            texts = [p, req.negative_prompt] if guided else [p]
-            emb, mask = self.text_encoder(texts)
-            out.append((emb.to(self.device), mask.to(self.device)))
-        return out
+        emb, mask = self.text_encoder([prompt, req.negative_prompt] if guided else [prompt])
+        return emb.to(self.device), mask.to(self.device)
 
     # ---- your own frames: the VAE's latents, normalised as the DiT sees them
     def _normalise(self, mean: Tensor) -> Tensor:
@@ -316,7 +332,13 @@ class Pipeline:
         cf = cfg.model.chunk_frames
         h, w = req.height // 8, req.width // 8
         C = cfg.model.in_channels
-        texts = self.encode_prompts(req)
+        texts: dict[int, tuple[Tensor, Tensor]] = {}  # by index in req.prompts, encoded when first used
+
+        def text(i: int) -> tuple[Tensor, Tensor]:
+            if i not in texts:
+                texts[i] = self.encode_prompt(req, req.prompts[i])
+            return texts[i]
+
         g = torch.Generator().manual_seed(req.seed)
         lat_train = 1 + (cfg.data.frames - 1) // 4
         tokens = lat_train * (cfg.data.size // 8 // cfg.model.patch[1]) * (cfg.data.size // 8 // cfg.model.patch[2])
@@ -343,7 +365,7 @@ class Pipeline:
         offset = 0  # latent frames given before the first generated one
         if req.video is not None:
             for z, frames in self.encode_clip(req):
-                finish(z.to(self.device), offset, *texts[0])
+                finish(z.to(self.device), offset, *text(0))
                 yield z / cfg.flow.latent_scale + cfg.flow.latent_shift, frames
                 offset += z.shape[2]
         first = self.encode_image(req.image).to(self.device) if req.image is not None else None
@@ -352,7 +374,7 @@ class Pipeline:
             # the chunk's first frame in the new part's time (each latent frame after a clip is 4 frames)
             frame0 = 4 * (start - offset) if offset else 0 if start == 0 else 1 + 4 * (start - 1)
             which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
-            emb, mask = texts[which]
+            emb, mask = text(which)  # read as the chunk starts: Pipeline.extend may add prompts
             nb = emb.shape[0]
             contexts = [([a] if a is not None else []) + r for a, r in caches]
 

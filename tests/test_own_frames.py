@@ -171,3 +171,25 @@ def test_cache_size_is_width_first():
     from videodit.data.cli import _size
 
     assert _size("96x64") == (64, 96) and _size("64") == (64, 64)
+
+
+def test_a_model_trained_on_two_aspect_ratios_samples_each(ckpt, tmp_path):
+    """Shards cached at 32x32 and at 48x32 (width first) train one DiT in shape buckets; its export samples both."""
+    from videodit.config import load_config
+    from videodit.data.cli import main as data_main
+    from videodit.train.trainer import run
+
+    for name, size in (("square", "32"), ("wide", "48x32")):
+        assert data_main(["cache", "--shapes", "4", "--frames", "5", "--size", size, "--vae", str(ckpt),
+                          "--out", str(tmp_path / name), "--shard-size", "4"]) == 0
+    cfg = load_config(None, {"train.vae": str(ckpt), "train.out_dir": str(tmp_path / "run"), "train.steps": 2,
+                             "train.wandb": "disabled", "train.warmup_steps": 1, "train.log_every": 1,
+                             "train.ckpt_every": 2, "data.source": "shards",
+                             "data.shards": f"{tmp_path / 'square'},{tmp_path / 'wide'}", "data.frames": 5,
+                             "data.size": 32, "data.batch_size": 2, "model.hidden": 64, "model.depth": 2})
+    export = run(cfg)
+    pipe = Pipeline.load(export)
+    for wh in ((32, 32), (48, 32)):
+        frames = np.concatenate(list(pipe.frames(pipe.request("a red circle", seconds=1.0, size=wh, sample={
+            "steps": 1}))))
+        assert frames.shape == (8, wh[1], wh[0], 3)

@@ -115,9 +115,9 @@ class DiTTask:
         f = self.cfg.flow
         if f.latent_scale > 0:
             return
-        items = collate([dataset[i] for i in range(min(len(dataset), 16))])
         f.latent_scale, f.latent_shift = 1.0, 0.0
-        z = self.latents(items)
+        # one clip at a time: the first clips may differ in shape (buckets of lengths or aspect ratios)
+        z = torch.cat([self.latents(collate([dataset[i]])).flatten() for i in range(min(len(dataset), 16))])
         f.latent_shift = float(z.mean())
         f.latent_scale = float(1.0 / z.std().clamp_min(1e-6))
 

@@ -171,8 +171,8 @@ class Pipeline:
 
     def size_unit(self) -> int:
         """Frame sides must be multiples of this: the VAE's 8 times the DiTs' spatial patch."""
-        return 8 * math.lcm(*(n.cfg.patch[1] for n in (self.dit, self.dit_low) if n is not None)
-                            , *(n.cfg.patch[2] for n in (self.dit, self.dit_low) if n is not None))
+        nets = [n for n in (self.dit, self.dit_low) if n is not None]
+        return 8 * math.lcm(*(n.cfg.patch[1] for n in nets), *(n.cfg.patch[2] for n in nets))
 
     def check_size(self, width: int, height: int) -> None:
         """Both sides a multiple of size_unit(), between two units and 4x the training size; else name the nearest

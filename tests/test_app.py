@@ -1,6 +1,7 @@
 """The browser app without a browser: its functions driven through gradio_client against an app launched on
 localhost (tests/browser/check_app.py drives a real Chromium)."""
 
+import os
 import shlex
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # CI reaches nothing but PyPI
 gr = pytest.importorskip("gradio", reason='the app extra is not installed: pip install -e ".[app]"')
 gradio_client = pytest.importorskip("gradio_client", reason='the app extra is not installed: pip install -e ".[app]"')
 
@@ -52,14 +54,15 @@ def frames(path) -> int:
 
 
 def test_two_seconds_stream_chunks_then_the_whole_mp4(url, ckpt):
-    """A 2 s run: each chunk's newest seconds arrive before the end, then the mp4 with all 16 frames and the
-    sample.py line with the run's settings."""
+    """A 2 s run: the first chunk's frames arrive before the end (then the new frames when the player has played
+    them), then the mp4 with all 16 frames and the sample.py line with the run's settings."""
     client = gradio_client.Client(url, verbose=False)
     job = generate(client, ckpt, seed=5)
     seen = [(out, job.done()) for out in job]
     *partial, (final, _) = seen
-    assert len(partial) == 2 and not any(done for _, done in partial)  # 3 chunks: 5, 8 and 3 more frames
-    assert [frames(p[0]) for p, _ in partial] == [5, 13] and "Making" in partial[0][0][1]
+    # 3 chunks of 5, 8 and 3 frames: the first shown at once, the second only if the run is slower than playback
+    assert 1 <= len(partial) <= 2 and not any(done for _, done in partial) and "Making" in partial[0][0][1]
+    assert [frames(p[0]) for p, _ in partial] == [5, 8][: len(partial)]
     video, status, line = final
     assert frames(video) == 16 and status.startswith("**Done**: 16 frames")
     assert "--seconds 2 " in line and "--seed 5" in line and f"--checkpoint {ckpt}" in line
@@ -73,7 +76,7 @@ def test_prompt_changed_mid_run_and_stop_keep_a_reproducible_mp4(url, ckpt, tmp_
     while not job.outputs():  # the first chunk is out
         time.sleep(0.01)
     client.predict("a blue square moving up", api_name="/change_prompt")
-    while len(job.outputs()) < 3:  # two chunks later the new prompt is in use
+    while "s: *a blue square moving up*" not in job.outputs()[-1][1]:  # an update whose timeline has it
         time.sleep(0.01)
     client.predict(api_name="/stop")
     video, status, line = job.result()

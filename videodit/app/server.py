@@ -13,6 +13,7 @@ makes the same video. One generation runs at a time per process; other visitors 
 from __future__ import annotations
 
 import math
+import queue
 import shlex
 import shutil
 import sys
@@ -32,12 +33,14 @@ from videodit.checkpoint import CheckpointError
 from videodit.cli import ArgumentParser, parse_size
 from videodit.config import ConfigError
 from videodit.generate import GenerateError, Pipeline, Request, pick_device
-from videodit.video_io import VideoWriter, write_video
+from videodit.video_io import VideoWriter
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 FLAGS = {"steps": "--steps", "cfg_scale": "--cfg"}  # sample.py's names: messages match the command line shown
-# While a run goes the player shows its newest seconds, not the whole video so far: on a device slower than real
-# time, replaying from the start at every chunk would never reach the new frames, and memory stays flat.
+# While a run goes the player gets the frames made since its last update, once it has had the time to play that
+# update: each frame once, in order, like a stream (replaying the whole video so far at every chunk would, on a
+# device slower than real time, never reach the new frames). When generation outruns playback an update holds the
+# newest PREVIEW_SECONDS only, so memory stays flat.
 PREVIEW_SECONDS = 4.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -45,7 +48,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class Run:
     """A generation in progress. The stop and prompt buttons reach it through the visitor's session; only the
-    generating thread touches `req`, between two chunks, so a changed prompt starts exactly where it says."""
+    maker thread (App.make) touches `req`, between two chunks, so a changed prompt starts exactly where it says."""
 
     pipe: Pipeline
     req: Request
@@ -53,7 +56,12 @@ class Run:
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_prompt: str | None = None  # asked for mid-run; becomes the prompt from the next chunk on
-    made: int = 0  # frames of the new part written: the first frame of the next chunk
+    made: int = 0  # frames of the new part made so far: the first frame of the next chunk
+
+
+def label(key: str) -> str:
+    """A sampling key as sample.py's flag."""
+    return FLAGS.get(key, f"--sample.{key}")
 
 
 def start_time(frame: int, fps: int) -> float:
@@ -81,8 +89,7 @@ def command(run: Run, seconds: float) -> str:
         args += ["--negative-prompt", req.negative_prompt]
     args += ["--seconds", number(seconds), "--size", f"{req.width}x{req.height}", "--seed", str(req.seed),
              "--steps", str(req.sample.steps), "--cfg", number(req.sample.cfg_scale)]
-    checkpoint = run.checkpoint if run.checkpoint.parent != CHECKPOINTS or run.checkpoint.name != "tiny" else None
-    args += ["--checkpoint", str(checkpoint)] if checkpoint else []
+    args += [] if run.checkpoint.resolve() == CHECKPOINTS / "tiny" else ["--checkpoint", str(run.checkpoint)]
     args += ["--image", "YOUR_IMAGE.png"] if req.image is not None else []
     args += ["--video", "YOUR_CLIP.mp4"] + (["--keep-input"] if req.keep_input else []) if req.video else []
     return shlex.join(args + ["--out", "outputs/app.mp4"])
@@ -139,7 +146,7 @@ class App:
                 req = pipe.request(prompts, at=at, seconds=float(seconds), size=wh, seed=int(seed),
                                    negative_prompt=negative_prompt or "", sample=overrides, image=image or None,
                                    video=video or None, keep_input=bool(keep_input),
-                                   label=lambda k: FLAGS.get(k, f"--sample.{k}"))
+                                   label=label)
         except GenerateError as e:
             raise gr.Error(str(e)) from None
         for w in caught:
@@ -171,60 +178,84 @@ class App:
             shutil.rmtree(folder, ignore_errors=True)
 
     def stream(self, run: Run, folder: Path, t0: float):
+        """Yield (video, status, command): the new frames while the run goes (PREVIEW_SECONDS), then the whole mp4.
+        The chunks are made by a thread of their own (App.make), so generation never waits for the page."""
         pipe, req = run.pipe, run.req
-        n, T_lat = pipe.frame_count(req)
-        given = req.video_frames if req.keep_input else 0  # the clip's frames, written before the new ones
-        chunks = math.ceil(T_lat / pipe.cfg.model.chunk_frames)
-        tail: deque = deque(maxlen=max(1, round(PREVIEW_SECONDS * req.fps)))
+        n, _ = pipe.frame_count(req)
+        chunks: queue.Queue = queue.Queue()
+        maker = threading.Thread(target=self.make, args=(run, chunks), daemon=True)
+        maker.start()
+        new: deque = deque(maxlen=max(1, round(PREVIEW_SECONDS * req.fps)))  # made since the last update
         out = folder / f"videodit-seed{req.seed}.mp4"
         first = None
-        frames = pipe.frames(req)
-        with VideoWriter(out, fps=req.fps) as writer:
-            try:
-                for i, x in enumerate(frames):
+        played = 0.0  # when the player will have played the last update
+        try:
+            with VideoWriter(out, fps=req.fps) as writer:
+                while (x := chunks.get()) is not None:
+                    if isinstance(x, BaseException):
+                        raise gr.Error(str(x)) if isinstance(x, GenerateError) else x
                     writer.write(x)
-                    tail.extend(x)
-                    run.made = max(0, writer.frames_written - given)
-                    if (run.stop.is_set() and run.made) or writer.frames_written == n:
-                        break
-                    self.apply_prompt(run)
+                    new.extend(x)
+                    if writer.frames_written == n or (first and (chunks.qsize() or time.perf_counter() < played)):
+                        continue  # the first chunk at once; later ones when the player is ready for them
                     first = first or time.perf_counter() - t0
-                    preview = folder / f"preview-{i:05d}.mp4"
-                    write_video(preview, np.stack(tail), req.fps)
-                    status = (f"**Making** chunk {i + 2} of {chunks + (1 if given else 0)}: "
-                              f"{run.made / req.fps:.1f} s of {req.seconds:g} s made in "
-                              f"{time.perf_counter() - t0:.1f} s (first frames after {first:.1f} s). "
-                              f"The player shows the newest {PREVIEW_SECONDS:g} s.\n\n" + timeline(run))
+                    preview = folder / f"preview-{writer.frames_written:06d}.mp4"
+                    with VideoWriter(preview, fps=req.fps, preset="ultrafast") as w:
+                        w.write(np.stack(new))
+                    played = time.perf_counter() + len(new) / req.fps
+                    new.clear()
+                    status = (f"**Making**: {run.made / req.fps:.1f} s of {req.seconds:g} s made in "
+                              f"{time.perf_counter() - t0:.1f} s (first frames after {first:.1f} s); the player "
+                              f"plays each new part, the whole video comes at the end.\n\n" + timeline(run))
                     yield str(preview), status, command(run, req.seconds)
                     preview.unlink(missing_ok=True)  # the page has its own copy by now
-            finally:
-                frames.close()
+        finally:
+            run.stop.set()  # a page that went away, or an error: the maker ends after its chunk
+            maker.join()
         seconds = req.seconds if writer.frames_written == n else run.made / req.fps
         done = "Stopped" if writer.frames_written < n else "Done"
         status = (f"**{done}**: {writer.frames_written} frames ({seconds:g} s at {req.fps} fps, "
                   f"{req.width}x{req.height}) in {time.perf_counter() - t0:.1f} s.\n\n" + timeline(run))
         yield str(out), status, command(run, seconds)
 
-    def apply_prompt(self, run: Run) -> None:
-        """Between two chunks: a prompt asked for mid-run steers the chunks from the next one on."""
-        with run.lock:
-            prompt, run.next_prompt = run.next_prompt, None
-        if prompt is not None and run.made > 0:
-            run.pipe.extend(run.req, prompt, start_time(run.made, run.req.fps), FLAGS.get)
+    def make(self, run: Run, chunks: queue.Queue) -> None:
+        """The maker thread: frames chunk by chunk into `chunks`, then None (or the error). Only it touches run.req,
+        between two chunks: a prompt asked for mid-run steers the chunks from the next one on, and Stop ends the
+        run after the chunk being made."""
+        given = run.req.video_frames if run.req.keep_input else 0  # the clip's frames, written before the new ones
+        new = run.pipe.frame_count(run.req)[0] - given
+        written = 0
+        frames = run.pipe.frames(run.req)
+        try:
+            for x in frames:
+                written += len(x)
+                run.made = max(0, written - given)
+                chunks.put(x)
+                if run.stop.is_set() and run.made:
+                    break
+                with run.lock:
+                    prompt, run.next_prompt = run.next_prompt, None
+                if prompt is not None and 0 < run.made < new:  # checked by change_prompt when asked
+                    run.pipe.extend(run.req, prompt, start_time(run.made, run.req.fps), label)
+        except BaseException as e:  # handed to the page's thread, which raises it
+            chunks.put(e)
+        finally:
+            frames.close()
+            chunks.put(None)
 
     def change_prompt(self, prompt: str, request: gr.Request) -> None:
         """The prompt for the coming chunks of this visitor's run (from the chunk after the one being made)."""
         run = self.runs.get(request.session_hash)
         if run is None:
             raise gr.Error("nothing is being made: set the prompt and the later prompts, then Generate")
-        req = run.req
-        per_chunk = 4 * run.pipe.cfg.model.chunk_frames
-        soonest = start_time(max(run.made, 1 + 4 * (run.pipe.cfg.model.chunk_frames - 1)) + per_chunk, req.fps)
+        req, cf = run.req, run.pipe.cfg.model.chunk_frames
+        # the chunk being made keeps its prompt; the first has 1 + 4 (cf - 1) frames, every later one 4 cf
+        soonest = start_time(run.made + (1 + 4 * (cf - 1) if run.made == 0 and req.video is None else 4 * cf),
+                             req.fps)
         if soonest >= req.seconds:
             raise gr.Error("the last chunk is being made: too late to change the prompt of this run")
         try:  # checked now, on a copy, as the run will check it between two chunks
-            run.pipe.extend(replace(req, prompts=list(req.prompts), at=list(req.at)), prompt, soonest,
-                            lambda k: FLAGS.get(k, f"--sample.{k}"))
+            run.pipe.extend(replace(req, prompts=list(req.prompts), at=list(req.at)), prompt, soonest, label)
         except GenerateError as e:
             raise gr.Error(str(e)) from None
         with run.lock:

@@ -254,8 +254,9 @@ class App:
                              req.fps)
         if soonest >= req.seconds:
             raise gr.Error("the last chunk is being made: too late to change the prompt of this run")
+        at = list(req.at)  # first: the maker appends a prompt before its time
         try:  # checked now, on a copy, as the run will check it between two chunks
-            run.pipe.extend(replace(req, prompts=list(req.prompts), at=list(req.at)), prompt, soonest, label)
+            run.pipe.extend(replace(req, prompts=req.prompts[: len(at)], at=at), prompt, soonest, label)
         except GenerateError as e:
             raise gr.Error(str(e)) from None
         with run.lock:

@@ -18,7 +18,7 @@ from videodit.data.shapes import (
     render_clip,
     sample_spec,
 )
-from videodit.video_io import probe
+from videodit.video_io import DataError, probe
 
 
 def test_deterministic_for_a_seed():
@@ -118,3 +118,21 @@ def test_shapes_cli_writes_clips_and_manifest(tmp_path, capsys):
 def test_shapes_cli_rejects_bad_arguments(tmp_path, bad, capsys):
     assert data_main(["shapes", "--out", str(tmp_path / "x"), *bad]) == 1
     assert "error" in capsys.readouterr().err
+
+
+def test_styles_change_only_their_own_aspect():
+    """render_clip styles for adapter experiments: light repaints the background only, slow moves the objects at
+    SLOW_SPEED times their speed along the same paths (frame k of slow = time 0.4 k / fps of plain)."""
+    from videodit.data.shapes import BACKGROUNDS, LIGHT_BACKGROUND, SLOW_SPEED, STYLES, make_example, render_clip
+
+    spec, _ = make_example(0, 3)
+    plain = render_clip(spec, fps=10, size=32, frames=11)
+    light = render_clip(spec, fps=10, size=32, frames=11, style="light")
+    bg = (plain == np.array(BACKGROUNDS[spec.background], np.uint8)).all(-1)
+    assert (light[bg] == np.array(LIGHT_BACKGROUND, np.uint8)).all() and (light[~bg] == plain[~bg]).all()
+    slow = render_clip(spec, fps=10, size=32, frames=11, style="slow")
+    assert SLOW_SPEED == 0.4 and np.array_equal(slow[5], plain[2]) and np.array_equal(slow[10], plain[4])
+    assert not np.array_equal(slow[5], plain[5])
+    with pytest.raises(DataError, match="style must be one of"):
+        render_clip(spec, fps=10, size=32, frames=2, style="sepia")
+    assert STYLES == ("plain", "light", "slow")

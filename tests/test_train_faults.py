@@ -6,9 +6,7 @@ import errno
 import json
 import os
 import shutil
-import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -201,15 +199,9 @@ def test_full_disk_while_writing_the_export(vae_ckpt, tmp_path, monkeypatch, cap
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 6 MiB tmpfs: room for one checkpoint of the tiny test run (4.1 MB), not for a second beside it."""
-    mnt = tmp_path / f"fs_{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+def small_fs(tmpfs):
+    """A 6 MiB disk: room for one checkpoint of the tiny test run (4.1 MB), not for a second beside it."""
+    return tmpfs("6m")
 
 
 def test_a_real_full_filesystem_keeps_the_previous_checkpoint(vae_ckpt, tmp_path, small_fs, capsys):

@@ -27,16 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from videodit.config import Config, ConfigError, load_config, save_config
+from videodit.video_io import share
 
 
 class CheckpointError(FileNotFoundError):
     """A checkpoint folder that is missing, unreadable or incomplete; the message says what to do."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
@@ -59,7 +54,7 @@ def atomic_save_state(state: dict[str, torch.Tensor], path: str | Path) -> None:
     os.close(fd)
     try:
         write_safetensors({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a checkpoint is meant to be shared
+        share(tmp)  # mkstemp makes 0600 files; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -123,18 +118,18 @@ def write_config(cfg: Config, folder: str | Path, name: str = "config.yaml") -> 
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     os.close(fd)
     save_config(cfg, tmp)
-    os.chmod(tmp, 0o666 & ~_umask())
+    share(tmp)
     os.replace(tmp, folder / name)
 
 
 def save_text_encoder(text_encoder: nn.Module, folder: str | Path) -> None:
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".text_encoder."))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a checkpoint is meant to be shared
+    share(tmp, folder=True)  # mkdtemp makes 0700 folders; a checkpoint is meant to be shared
     try:
         text_encoder.save_pretrained(tmp)
         for f in tmp.iterdir():  # transformers writes its weights through a 0600 temporary file
-            os.chmod(f, 0o666 & ~_umask())
+            share(f)
         final = folder / "text_encoder"
         if final.exists():
             shutil.rmtree(final)

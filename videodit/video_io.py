@@ -55,10 +55,16 @@ def temp_path_for(path: str | Path) -> str:
             old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    share(tmp)
     return tmp
+
+
+def share(path: str | Path, folder: bool = False) -> None:
+    """Give `path` the mode an ordinary file (0666) or folder (0777) gets under the umask: mkstemp, mkdtemp and
+    safetensors make 0600 / 0700, but what the project writes is meant to be read by the group and others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
 
 
 def _have_decord() -> bool:

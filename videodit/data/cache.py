@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from videodit.data.datasets import _hw, load_window, to_tensor
 from videodit.data.prep import read_manifest
-from videodit.video_io import DataError, VideoError, temp_path_for
+from videodit.video_io import DataError, VideoError, share, temp_path_for
 
 INDEX_VERSION = 1
 ON_ERROR = ("skip", "stop")
@@ -182,12 +182,6 @@ def _atomic_json(path: Path, obj) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -392,7 +386,7 @@ def cache(
                 tmp = temp_path_for(out / p.name)
                 try:
                     write_safetensors(tensors, tmp, metadata=meta)
-                    os.chmod(tmp, 0o666 & ~_umask())  # safetensors makes its own file, 0600, not temp_path_for's
+                    share(tmp)  # safetensors makes its own file, 0600, not temp_path_for's
                     os.replace(tmp, out / p.name)
                 finally:
                     if os.path.exists(tmp):

@@ -48,26 +48,22 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--lora", action="append", default=[],
                    help="a LoRA adapter folder (a LoRA run's export), optionally PATH:SCALE (default 1); repeatable")
     args, rest = p.parse_known_args(argv)
-    return p, args, rest
+    return args, rest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, args, rest = parse_args(argv)
+    args, rest = parse_args(argv)
     stop_on_signals()
     import torch
 
     from videodit.checkpoint import CheckpointError
-    from videodit.config import ConfigError, parse_overrides
+    from videodit.config import ConfigError, sample_overrides
     from videodit.generate import GenerateError, Pipeline, check_outputs, generate, pick_device
 
     out = Path(args.out)
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"  # one line, no source location
     try:
-        flat = parse_overrides(rest)
-        if any(not k.startswith("sample.") for k in flat):
-            bad = next(k for k in flat if not k.startswith("sample."))
-            parser.error(f"unrecognised argument '--{bad}': sample.py takes its own flags and --sample.KEY VALUE")
-        overrides = {k.removeprefix("sample."): v for k, v in flat.items()}
+        overrides = sample_overrides(rest, "sample.py")
         overrides |= {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg)) if v is not None}
         if args.threads is not None:
             if args.threads < 1:

@@ -447,6 +447,15 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return flat
 
 
+def sample_overrides(args: list[str], tool: str) -> dict[str, Any]:
+    """`['--sample.churn', '0.5']` -> `{'churn': 0.5}`: the only dotted overrides a sampling tool takes."""
+    flat = parse_overrides(args)
+    bad = [k for k in flat if not k.startswith("sample.")]
+    if bad:
+        raise ConfigError(f"unrecognised argument '--{bad[0]}': {tool} takes its own flags and --sample.KEY VALUE")
+    return {k.removeprefix("sample."): v for k, v in flat.items()}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
     """Defaults <- YAML file <- dotted overrides, validated."""
     d: dict[str, Any] = {}

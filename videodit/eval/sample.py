@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videodit.config import parse_overrides
+from videodit.config import ConfigError, sample_overrides
 from videodit.data.shapes import make_example, render_clip
 from videodit.eval.shapes import evaluate_videos, format_table
 from videodit.generate import Pipeline, generate
@@ -83,10 +83,10 @@ def main() -> None:
     ap.add_argument("--lora", action="append", default=[],
                     help="a LoRA adapter PATH[:SCALE] (as sample.py); repeatable")
     args, rest = ap.parse_known_args()
-    flat = parse_overrides(rest)
-    if any(not k.startswith("sample.") for k in flat):
-        ap.error(f"only --sample.KEY overrides are taken, got {[k for k in flat if not k.startswith('sample.')]}")
-    overrides = {k.removeprefix("sample."): v for k, v in flat.items()}
+    try:
+        overrides = sample_overrides(rest, "python -m videodit.eval.sample")
+    except ConfigError as e:
+        ap.error(str(e))
 
     from videodit.lora import parse_lora
 

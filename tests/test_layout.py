@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "videodit"
-MODEL_FILES = ["attention", "patchify", "dit", "vae", "text_encoder", "flow"]
+MODEL_FILES = ["attention", "patchify", "dit", "vae", "vae_wan", "text_encoder", "flow"]
 
 
 def imports() -> dict[str, set[str]]:

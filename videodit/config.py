@@ -74,7 +74,11 @@ DIT_PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class VAEConfig:
-    preset: str = "tiny"  # a size from VAE_PRESETS (tiny, small, full); explicit keys override it
+    preset: str = "tiny"  # a size from VAE_PRESETS (tiny, small, full, wan21); explicit keys override it
+    # the network: "videodit" (this project's VAE) or "wan21" (Wan 2.1's, computed exactly; videodit/vae_wan.py).
+    # Wan's released weights load after `python -m videodit.convert wan-vae`; its decoder has num_res_blocks + 1
+    # residual blocks per stage, as Wan's
+    arch: str = "videodit"
     latent_channels: int = 16  # channels of the latents the DiT sees
     base_channels: int = 16  # width of the first (full-resolution) stage
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)  # one stage per entry; a x2 spatial downsampling between stages
@@ -84,6 +88,11 @@ class VAEConfig:
     # shapes: about -0.74) otherwise starts training with a global colour offset that Adam spreads over
     # every weight until the VAE collapses to the mean video.
     pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # per-channel statistics of the VAE's latents (Wan 2.1: its 16 latents_mean / latents_std): the DiT sees
+    # (z - latent_mean) / latent_std, channel by channel, and flow.latent_scale / latent_shift are not estimated.
+    # Empty (this project's VAEs): no per-channel step; the flow's scalar scale and shift normalise alone
+    latent_mean: tuple[float, ...] = ()
+    latent_std: tuple[float, ...] = ()  # see latent_mean; one positive entry per latent channel, or empty
     # train the decoder only (with train.init): the latent space, and so a DiT trained on it, stays valid
     freeze_encoder: bool = False
     # loss weights (training)
@@ -102,7 +111,16 @@ VAE_PRESETS: dict[str, dict[str, Any]] = {
     # 128 wide with two residual blocks per stage and no attention: the size class of the published causal video VAEs,
     # but not Wan 2.1's architecture (96 wide, three decoder blocks per stage, mid-block attention)
     "full": dict(base_channels=128, channel_mults=(1, 2, 4, 4), num_res_blocks=2),
+    # Wan 2.1's VAE as released (Wan2.1_VAE.pth, diffusers' AutoencoderKLWan): 2 residual blocks per encoder stage and
+    # 3 per decoder stage, z 16, and its per-channel latent statistics
+    "wan21": dict(arch="wan21", base_channels=96, channel_mults=(1, 2, 4, 4), num_res_blocks=2,
+                  temporal_down=(False, True, True), latent_channels=16,
+                  latent_mean=(-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921),
+                  latent_std=(2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)),
 }
+VAE_ARCHS = ("videodit", "wan21")  # vae.arch
 
 
 @dataclass
@@ -158,7 +176,9 @@ class FlowConfig:
     # objects are a few latent pixels of a mostly flat frame, so plain MSE spends little on their shape
     detail_weight: float = 0.0
     text_dropout: float = 0.1  # probability of the empty prompt during training (for CFG)
-    latent_scale: float = 0.0  # latents are (z - latent_shift) * latent_scale; 0 = estimate at the start of training
+    # the DiT's latents are (z - latent_shift) * latent_scale, z the VAE's (after vae.latent_mean / latent_std when the
+    # VAE has them); 0 = estimate at the start of training (1, with shift 0, when the VAE has per-channel statistics)
+    latent_scale: float = 0.0
     latent_shift: float = 0.0  # see latent_scale (estimated with it)
 
 
@@ -637,6 +657,17 @@ def validate(cfg: Config) -> None:
                           "its checkpoint folder (e.g. checkpoints/tiny)")
     if t.lora_rank and not t.lora_targets:
         raise ConfigError("train.lora_targets is empty; name at least one linear layer of a DiT block (e.g. mlp.0)")
+    v = cfg.vae
+    if v.arch not in VAE_ARCHS:
+        raise ConfigError(f"vae.arch must be one of {', '.join(VAE_ARCHS)}, got '{v.arch}'")
+    if len(v.latent_mean) != len(v.latent_std) or (v.latent_mean and len(v.latent_mean) != v.latent_channels):
+        raise ConfigError(f"vae.latent_mean and vae.latent_std need one entry per latent channel "
+                          f"({v.latent_channels}) or none, got {len(v.latent_mean)} and {len(v.latent_std)}")
+    if not all(math.isfinite(m) for m in v.latent_mean) or not all(math.isfinite(s) and s > 0 for s in v.latent_std):
+        raise ConfigError("vae.latent_mean must be finite and vae.latent_std finite and > 0")
+    if v.arch == "wan21" and any(v.pixel_mean):
+        raise ConfigError("vae.pixel_mean is this project's VAE's; Wan 2.1's VAE codes pixels as they are: set it to "
+                          "[0, 0, 0] with vae.arch wan21")
     if cfg.vae.freeze_encoder and not (t.task == "vae" and t.init):
         raise ConfigError("vae.freeze_encoder fine-tunes a trained VAE's decoder: set train.task vae and train.init")
 

@@ -18,7 +18,9 @@ the difference to the data's mean colour (`VAEConfig.pixel_mean`), so dark data 
 with a global offset that the optimiser spreads over every weight (it collapses to the mean video).
 
 Streaming helpers at the bottom (`encode_video`, `decode_video`, `decode_stream`) chunk in time under a
-memory budget and tile in space with overlapping tiles whose seams are blended linearly.
+memory budget and tile in space with overlapping tiles whose seams are blended linearly. They take any
+`StreamingVAE`: this VAE, or Wan 2.1's (`vae_wan.py`, `vae.arch: wan21`; `vae_wan.build_vae(cfg)` picks by
+arch), whose per-channel latent statistics `normalize_latents` applies.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
         return torch.mkldnn_convolution(
             x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
         )
-    return conv(x)
+    return conv._conv_forward(x, conv.weight, conv.bias)  # the plain convolution, also for subclasses with a forward
 
 
 class ChannelRMSNorm(nn.Module):
@@ -382,7 +384,12 @@ class Decoder(nn.Module):
 # the model
 
 
-class VideoVAE(nn.Module):
+class StreamingVAE(nn.Module):
+    """The contract every VAE architecture keeps (this project's `VideoVAE`, Wan 2.1's `vae_wan.WanVAE`), so the
+    streaming helpers below, the data cache, training and sampling work with either: `encode(x, cache)` ->
+    (posterior, cache), `decode(z, cache)` -> (frames, cache), `init_cache()`, the input checks, `cfg`, and the
+    factors `spatial_factor` (8) and `temporal_factor` (4). `vae_wan.build_vae(cfg)` builds the one `cfg.arch` names."""
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         n = len(cfg.channel_mults)
@@ -396,13 +403,8 @@ class VideoVAE(nn.Module):
         self.cfg = cfg
         self.spatial_factor = 2 ** (n - 1)  # 8 with four stages
         self.temporal_factor = 2 ** sum(cfg.temporal_down)  # 4 with two temporal downsamplings
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
-        for name, m in self.named_modules():
-            if isinstance(m, CausalConv3d):
-                m.key = name
 
-    def set_kernels(self, upsample: str = "auto") -> VideoVAE:
+    def set_kernels(self, upsample: str = "auto") -> StreamingVAE:
         """Choose how the layers compute; the function stays the same (up to float rounding).
 
         upsample: "interp" (nearest x2, then the 3x3 conv) or "transposed" (the equivalent stride-2 transposed
@@ -415,9 +417,6 @@ class VideoVAE(nn.Module):
             if isinstance(m, SpaceUp):
                 m.kernel = upsample
         return self
-
-    def _pixel_mean(self, x: Tensor) -> Tensor:
-        return torch.tensor(self.cfg.pixel_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1, 1)
 
     def init_cache(self) -> VAECache:
         """A fresh streaming state; use one for encoding a video and another for decoding one."""
@@ -463,6 +462,23 @@ class VideoVAE(nn.Module):
         if cache.role == "encode":
             raise ValueError("this cache belongs to an encoder pass; start decoding with vae.init_cache()")
 
+
+class VideoVAE(StreamingVAE):
+    """This project's causal VAE (the module docstring)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__(cfg)
+        if cfg.arch != "videodit":
+            raise ConfigError(f"vae.arch '{cfg.arch}' is not this VAE's; build it with vae_wan.build_vae(cfg)")
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        for name, m in self.named_modules():
+            if isinstance(m, CausalConv3d):
+                m.key = name
+
+    def _pixel_mean(self, x: Tensor) -> Tensor:
+        return torch.tensor(self.cfg.pixel_mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1, 1)
+
     # -- streaming API --
 
     def encode(self, x: Tensor, cache: VAECache) -> tuple[DiagonalGaussian, VAECache]:
@@ -498,14 +514,43 @@ class VideoVAE(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# per-channel latent statistics (vae.latent_mean / latent_std): part of the VAE, so whichever VAE made the latents,
+# the DiT sees them normalised. Raw latents (the VAE's own, what shards store) <-> normalised ones.
+
+
+def _stats(z: Tensor, cfg: VAEConfig) -> tuple[Tensor, Tensor]:
+    shape = (1, -1) + (1,) * (z.ndim - 2)  # per channel, dim 1 of (B, C, T, h, w)
+    mean = torch.tensor(cfg.latent_mean, device=z.device, dtype=torch.float32).view(shape)
+    std = torch.tensor(cfg.latent_std, device=z.device, dtype=torch.float32).view(shape)
+    return mean, std
+
+
+def normalize_latents(z: Tensor, cfg: VAEConfig) -> Tensor:
+    """(z - latent_mean) / latent_std per channel (computed in fp32, returned in z's dtype); z itself when the VAE
+    has no statistics (this project's VAEs, whose flow.latent_scale / latent_shift normalise alone)."""
+    if not cfg.latent_mean:
+        return z
+    mean, std = _stats(z, cfg)
+    return ((z.float() - mean) / std).to(z.dtype)
+
+
+def denormalize_latents(z: Tensor, cfg: VAEConfig) -> Tensor:
+    """The inverse of `normalize_latents`: what the VAE's decoder takes."""
+    if not cfg.latent_mean:
+        return z
+    mean, std = _stats(z, cfg)
+    return (z.float() * std + mean).to(z.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
 # streaming in time under a memory budget, tiling in space
 
 
-def _model_dtype(vae: VideoVAE) -> torch.dtype:
+def _model_dtype(vae: StreamingVAE) -> torch.dtype:
     return next(vae.parameters()).dtype
 
 
-def _bytes_per_pixel(vae: VideoVAE) -> int:
+def _bytes_per_pixel(vae: StreamingVAE) -> int:
     """Peak activation bytes per output pixel and frame: ~8 full-resolution tensors of base_channels.
 
     Measured peak RSS of a decode chunk: ~21-30 x base_channels bytes in fp32 (tiny and small presets).
@@ -513,7 +558,7 @@ def _bytes_per_pixel(vae: VideoVAE) -> int:
     return 8 * vae.cfg.base_channels * torch.finfo(_model_dtype(vae)).bits // 8
 
 
-def _auto_tile(vae: VideoVAE, H: int, W: int, budget_mb: int) -> int | None:
+def _auto_tile(vae: StreamingVAE, H: int, W: int, budget_mb: int) -> int | None:
     """No tiling while one latent frame's worth of video (4 frames) fits the budget; else a fitting tile."""
     budget = budget_mb * 2**20
     per_frame = _bytes_per_pixel(vae) * vae.temporal_factor
@@ -523,7 +568,7 @@ def _auto_tile(vae: VideoVAE, H: int, W: int, budget_mb: int) -> int | None:
     return max(8 * s, int(math.sqrt(budget / per_frame)) // s * s)
 
 
-def _auto_chunk_latents(vae: VideoVAE, tile_area: int, budget_mb: int) -> int:
+def _auto_chunk_latents(vae: StreamingVAE, tile_area: int, budget_mb: int) -> int:
     per_latent = _bytes_per_pixel(vae) * vae.temporal_factor * tile_area
     return max(1, budget_mb * 2**20 // per_latent)
 
@@ -608,7 +653,7 @@ def _blend_tiles(tiling: _Tiling, tiles: list[Tensor], scale: int) -> Tensor:
 
 @torch.no_grad()
 def encode_video(
-    vae: VideoVAE,
+    vae: StreamingVAE,
     video: Tensor,
     chunk_frames: int | None = None,
     tile: int | None = None,
@@ -648,7 +693,7 @@ def encode_video(
 
 @torch.no_grad()
 def decode_stream(
-    vae: VideoVAE,
+    vae: StreamingVAE,
     latents_iter: Iterable[Tensor],
     tile: int | None = None,
     overlap: int | None = None,
@@ -677,7 +722,7 @@ def decode_stream(
 
 @torch.no_grad()
 def decode_video(
-    vae: VideoVAE,
+    vae: StreamingVAE,
     latents: Tensor,
     chunk_latents: int | None = None,
     tile: int | None = None,

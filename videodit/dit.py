@@ -94,6 +94,29 @@ class TextRefinerBlock(nn.Module):
         return x + self.mlp(self.norm_m(x))
 
 
+class FrameLayout:
+    """Which frames of the clip this process computes: all of them. The blocks' one hook for sequence parallelism
+    (videodit/sequence_parallel.py swaps in a layout whose processes each hold a share of the frames, and move
+    between "split by frame" and "split by position" around the temporal attention); nothing here communicates.
+    Everything but the temporal attention is per frame or per token, so it runs on any share of the frames."""
+
+    def shard(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> the frames this process computes (B, T_local, ...)."""
+        return x
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(B, T_local, ...) -> every frame (B, T, ...)."""
+        return x
+
+    def to_positions(self, x: Tensor) -> Tensor:
+        """(B, T_local, S, D) -> (B, T, S_local, D): every frame of the positions whose history this process attends."""
+        return x
+
+    def to_frames(self, x: Tensor) -> Tensor:
+        """(B, T, S_local, D) -> (B, T_local, S, D): the inverse of `to_positions`."""
+        return x
+
+
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, temporal_impl: str = "sdpa"):
         super().__init__()
@@ -120,9 +143,12 @@ class DiTBlock(nn.Module):
         rope_t: tuple[Tensor, Tensor],
         time_mask: Tensor | None,
         past: BlockKV,
+        layout: FrameLayout,
     ) -> tuple[Tensor, BlockKV]:
         """x (B, T, S, D); mod (B, T, 9, D); rope_s (cos, sin) each (S, Dh/2); rope_t (cos, sin) each (Tp + T, Dh/2);
-        time_mask (T, Tp + T) bool or None for full attention; past (k, v) each (B S, heads, Tp, Dh)."""
+        time_mask (T, Tp + T) bool or None for full attention; past (k, v) each (B S, heads, Tp, Dh).
+        With a sequence-parallel `layout`, x and mod hold this process's frames (T is its T_local), past and the
+        returned (k, v) its positions (S_local), while rope_t and time_mask cover all frames (T_all)."""
         B, T, S, D = x.shape
         m = (mod + self.table)[:, :, None]  # (B, T, 1, 9, D)
         shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = m.unbind(dim=3)
@@ -134,13 +160,14 @@ class DiTBlock(nn.Module):
         x = x + gate_s * rearrange(self.attn_s.out(o), "(b t) s d -> b t s d", b=B)
 
         # temporal attention at each location, over the past context and this call's frames
-        h = self.norm_t(x) * (1 + scale_t) + shift_t
-        q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S, heads, T, Dh)
+        h = layout.to_positions(self.norm_t(x) * (1 + scale_t) + shift_t)  # (B, T_all, S_local, D)
+        q, k, v = self.attn_t.qkv_heads(rearrange(h, "b t s d -> (b s) t d"))  # (B S_local, heads, T_all, Dh)
         Tp = past[0].shape[2]
         k_all, v_all = (torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)) if Tp else (k, v)
         rope_q = (rope_t[0][Tp:], rope_t[1][Tp:])
         o = attention(apply_rope(q, rope_q), apply_rope(k_all, rope_t), v_all, time_mask, self.temporal_impl)
-        x = x + gate_t * rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B)
+        o = layout.to_frames(rearrange(self.attn_t.out(o), "(b s) t d -> b t s d", b=B))  # (B, T, S, D)
+        x = x + gate_t * o
 
         # cross-attention to the text (not modulated, as in PixArt-α)
         h = rearrange(self.norm_c(x), "b t s d -> b (t s) d")
@@ -186,6 +213,8 @@ class DiT(nn.Module):
             DiTBlock(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cfg.temporal_attention) for _ in range(cfg.depth)
         )
         self.final = FinalLayer(D, self.patch_dim)
+        # which frames this process computes (all; videodit.sequence_parallel.apply_sequence_parallel replaces it)
+        self.layout = FrameLayout()
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -239,8 +268,9 @@ class DiT(nn.Module):
         pt = self.cfg.patch[0]
         dtype = self.x_embed.weight.dtype  # fp32 inputs meet bf16 weights under DeepSpeed's bf16 engine
         x, text = x.to(dtype), text.to(dtype)
-        tokens = self.x_embed(patchify(x, self.cfg.patch))  # (B, T, S, D)
-        T, S = tokens.shape[1], tokens.shape[2]
+        layout = self.layout
+        tokens = self.x_embed(layout.shard(patchify(x, self.cfg.patch)))  # (B, T_local, S, D): this process's frames
+        T, S = T_lat // pt, tokens.shape[2]
 
         if t.dim() == 1:
             t = t[:, None].expand(B, T)
@@ -273,6 +303,7 @@ class DiT(nn.Module):
         angles_t = rope_angles(torch.arange(T_past + T), torch.zeros(1), torch.zeros(1), head_dim, self.cfg.rope_theta)
         rope_t = rope_cos_sin(angles_t[:, 0].to(x.device))  # (T_past + T, Dh/2): only the time pairs rotate
         time_mask = self.time_mask(T_past, T, x.device)
+        mod, c = layout.shard(mod), layout.shard(c)  # (B, T_local, 9, D), (B, T_local, D): this process's frames
 
         new_kv: ChunkKV = []
         for i, block in enumerate(self.blocks):
@@ -281,9 +312,9 @@ class DiT(nn.Module):
             else:
                 empty = tokens.new_zeros(B * S, self.cfg.heads, 0, head_dim)
                 past = (empty, empty)
-            tokens, kv = block(tokens, mod, txt, text_mask, rope_s, rope_t, time_mask, past)
+            tokens, kv = block(tokens, mod, txt, text_mask, rope_s, rope_t, time_mask, past, layout)
             new_kv.append(kv)
-        out = self.final(tokens, c)  # (B, T, S, patch_dim)
+        out = layout.gather(self.final(tokens, c))  # (B, T, S, patch_dim)
         return unpatchify(out, self.cfg.patch, H, W), new_kv  # (B, C, T_lat, H, W)
 
     def forward(self, x: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, start: int = 0) -> Tensor:

@@ -154,10 +154,11 @@ def load_text_encoder(folder: str | Path, cfg: Config | None = None):
 
 
 def load_vae(folder: str | Path, cfg: Config | None = None):
-    from videodit.vae import VideoVAE
+    """The VAE of a checkpoint folder, of the architecture its config names (vae.arch: videodit or wan21)."""
+    from videodit.vae_wan import build_vae
 
     cfg = cfg or read_config(folder)
-    return load_into(VideoVAE(cfg.vae), Path(folder) / "vae.safetensors").eval()
+    return load_into(build_vae(cfg.vae), Path(folder) / "vae.safetensors").eval()
 
 
 def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.safetensors",

@@ -34,6 +34,7 @@ from videodit.checkpoint import (
 from videodit.config import Config, ConfigError, SampleConfig, check_sample, override
 from videodit.dit import ChunkKV
 from videodit.flow import interpolate, sample, timestep_shift
+from videodit.vae import denormalize_latents, normalize_latents
 
 
 class GenerateError(ValueError):
@@ -275,7 +276,12 @@ class Pipeline:
 
     # ---- your own frames: the VAE's latents, normalised as the DiT sees them
     def _normalise(self, mean: Tensor) -> Tensor:
-        return (mean - self.cfg.flow.latent_shift) * self.cfg.flow.latent_scale
+        """The VAE's raw latents -> the DiT's: the VAE's per-channel statistics (if any), then the flow's scalars."""
+        return (normalize_latents(mean, self.cfg.vae) - self.cfg.flow.latent_shift) * self.cfg.flow.latent_scale
+
+    def _denormalise(self, z: Tensor) -> Tensor:
+        """The DiT's latents -> the VAE's raw ones, which its decoder takes (the inverse of _normalise)."""
+        return denormalize_latents(z / self.cfg.flow.latent_scale + self.cfg.flow.latent_shift, self.cfg.vae)
 
     def _to_video(self, frames: np.ndarray) -> Tensor:
         """uint8 (t, H, W, 3) -> (1, 3, t, H, W) in [-1, 1] on the VAE's device and dtype."""
@@ -366,7 +372,7 @@ class Pipeline:
         if req.video is not None:
             for z, frames in self.encode_clip(req):
                 finish(z.to(self.device), offset, *text(0))
-                yield z / cfg.flow.latent_scale + cfg.flow.latent_shift, frames
+                yield self._denormalise(z), frames
                 offset += z.shape[2]
         first = self.encode_image(req.image).to(self.device) if req.image is not None else None
         for start in range(offset, offset + T_new, cf):
@@ -400,7 +406,7 @@ class Pipeline:
                 raise GenerateError("the first chunk's latents are not finite (NaN/Inf): the checkpoint's DiT or its "
                                     "sampling settings diverge; check the weights, or lower --cfg / --steps")
             finish(z, start, emb, mask)
-            yield z / cfg.flow.latent_scale + cfg.flow.latent_shift, None
+            yield self._denormalise(z), None
 
     def sample_after_first(self, velocity, first: Tensor, Tc: int, g: torch.Generator, req: Request,
                            shift: float) -> Tensor:

@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         make(pipe, i2v, args.reuse, caption, seconds=args.seconds, seed=seed, image=image)
         frames = read_video(i2v)
         with torch.no_grad():
-            z = pipe.encode_image(image) / cfg.flow.latent_scale + cfg.flow.latent_shift
-            rt = pipe.vae.decode(z.to(pipe.vae.encoder.conv_in.conv.weight.dtype), pipe.vae.init_cache())[0]
+            z = pipe._denormalise(pipe.encode_image(image))
+            rt = pipe.vae.decode(z.to(next(pipe.vae.parameters()).dtype), pipe.vae.init_cache())[0]
         rt = ((rt[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()[0]
         row["image"] = evaluate_video(frames, caption, fps=fps)
         write_video(out / f"{i:03d}_vae.mp4", rt[None], fps=fps)  # the round trip through the same mp4 writer

@@ -27,6 +27,7 @@ from videodit.flow import anchor_gap_index, flow_loss, sample_t, take_frames
 from videodit.lora import weights_hash
 from videodit.train import TrainError
 from videodit.train.batches import step_generator
+from videodit.vae import normalize_latents
 
 
 class DiTLoss(nn.Module):
@@ -108,7 +109,7 @@ class DiTTask:
 
             z = encode_video(self.vae, batch["video"].to(self.device))
         f = self.cfg.flow
-        return (z - f.latent_shift) * f.latent_scale
+        return (normalize_latents(z, self.cfg.vae) - f.latent_shift) * f.latent_scale
 
     def estimate_latent_stats(self, dataset) -> None:
         """Unit-variance latents (as SD's scale factor): measured once on a few clips, stored in the config."""
@@ -116,6 +117,8 @@ class DiTTask:
         if f.latent_scale > 0:
             return
         f.latent_scale, f.latent_shift = 1.0, 0.0
+        if self.cfg.vae.latent_mean:  # the VAE normalises its latents per channel (Wan 2.1's statistics)
+            return
         # one clip at a time: the first clips may differ in shape (buckets of lengths or aspect ratios)
         z = torch.cat([self.latents(collate([dataset[i]])).flatten() for i in range(min(len(dataset), 16))])
         f.latent_shift = float(z.mean())
@@ -176,9 +179,9 @@ class VAETask:
         self.device = device
 
     def model(self) -> nn.Module:
-        from videodit.vae import VideoVAE
+        from videodit.vae_wan import build_vae
 
-        vae = VideoVAE(self.cfg.vae)
+        vae = build_vae(self.cfg.vae)
         if self.cfg.train.init:
             vae.load_state_dict(load_init(self.cfg.train.init, "vae.safetensors"))
         if self.cfg.vae.freeze_encoder:

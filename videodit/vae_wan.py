@@ -5,7 +5,7 @@ The function is the released one (Wan-Video/Wan2.1 wan/modules/vae.py, diffusers
 weights load after `python -m videodit.convert wan-vae` and give the same latents and frames:
 
   * every 3x3x3 conv is causal in time with a zero past (two black frames before the first);
-  * RMSNorm over channels (Wan writes it as F.normalize * sqrt(C) * gamma: the same function) and SiLU;
+  * RMSNorm over channels (Wan writes it as F.normalize * sqrt(C) * gamma) and SiLU;
   * spatial down-sampling pads right and bottom by one, then a stride-2 3x3 conv; temporal down-sampling passes
     the first frame through unchanged and takes stride-2 windows (3 frames, no padding) from frame 0 on;
   * temporal up-sampling passes the first latent frame through and replaces every later one by the two frames a
@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from videodit.config import ConfigError, VAEConfig
 from videodit.vae import (
-    ChannelRMSNorm,
     DiagonalGaussian,
     SpaceUp,
     StreamingVAE,
@@ -42,9 +41,32 @@ from videodit.vae import (
     _per_frame,
 )
 
-# Wan normalises by max(||x||, 1e-12) over channels; RMSNorm's eps is added to mean(x^2). This one is too small
-# to move any activation a float can hold, and keeps an all-zero pixel at zero, as F.normalize does.
-NORM_EPS = 1e-24
+
+class RMSNorm(nn.Module):
+    """Wan's norm over channels at each (t, h, w): x / max(||x||, 1e-12) * sqrt(C) * gain, i.e. RMSNorm; per pixel,
+    hence causal and chunk-exact. The statistics are taken in fp32 whatever the dtype."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(channels))
+
+    def _scale(self, xl: Tensor) -> Tensor:
+        """sqrt(C) / max(||x||, 1e-12) per pixel of the channels-last view xl (B, T, H, W, C), in xl's dtype."""
+        norm = torch.linalg.vector_norm(xl, dim=-1, keepdim=True, dtype=torch.float32)
+        return (xl.shape[-1] ** 0.5 / norm.clamp_min(1e-12)).to(xl.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xl = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a contiguous view of the channels-last activation
+        return (xl * self._scale(xl) * self.gain.to(x.dtype)).permute(0, 4, 1, 2, 3)
+
+    def act(self, x: Tensor) -> Tensor:
+        """SiLU(norm(x)), the pair every conv is preceded by. Without autograd, in place on one fresh tensor: three
+        passes over the activation where F.rms_norm + silu make six on CPU."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.gain.requires_grad):
+            return F.silu(self(x))
+        xl = x.permute(0, 2, 3, 4, 1)
+        y = torch.mul(xl, self._scale(xl)).mul_(self.gain.to(x.dtype))
+        return F.silu(y, inplace=True).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
 
 
 def _windows(x: Tensor, past: Tensor, conv: nn.Conv3d, key: str, cache: dict[str, Tensor] | None) -> Tensor:
@@ -85,9 +107,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.norm1 = ChannelRMSNorm(c_in, eps=NORM_EPS)
+        self.norm1 = RMSNorm(c_in)
         self.conv1 = CausalConv(c_in, c_out)
-        self.norm2 = ChannelRMSNorm(c_out, eps=NORM_EPS)
+        self.norm2 = RMSNorm(c_out)
         self.conv2 = CausalConv(c_out, c_out)
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
 
@@ -102,7 +124,7 @@ class Attention(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = ChannelRMSNorm(channels, eps=NORM_EPS)
+        self.norm = RMSNorm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
@@ -197,7 +219,7 @@ class Encoder(nn.Module):
                     blocks.append(TimeDown(c))
         blocks += [ResBlock(c, c), Attention(c), ResBlock(c, c)]  # middle, at the lowest resolution
         self.blocks = nn.ModuleList(blocks)
-        self.norm_out = ChannelRMSNorm(c, eps=NORM_EPS)
+        self.norm_out = RMSNorm(c)
         self.conv_out = CausalConv(c, 2 * cfg.latent_channels)
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
@@ -226,7 +248,7 @@ class Decoder(nn.Module):
                 blocks.append(SpaceUp(c, c // 2))  # Wan's up-samplers halve the width
                 c = c // 2
         self.blocks = nn.ModuleList(blocks)
-        self.norm_out = ChannelRMSNorm(c, eps=NORM_EPS)
+        self.norm_out = RMSNorm(c)
         self.conv_out = CausalConv(c, 3)
 
     def forward(self, z: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
@@ -254,6 +276,11 @@ class WanVAE(StreamingVAE):
         for name, m in self.named_modules():
             if isinstance(m, (CausalConv, TimeDown, TimeUp)):
                 m.key = name
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                # the activations' layout: oneDNN otherwise re-lays out every weight on every call (loading, .to()
+                # and the optimiser keep a parameter's layout; state_dict() writers make it contiguous)
+                fmt = torch.channels_last_3d if m.weight.ndim == 5 else torch.channels_last
+                m.weight.data = m.weight.data.contiguous(memory_format=fmt)
 
     def _posterior(self, x: Tensor, cache: dict[str, Tensor] | None) -> DiagonalGaussian:
         h = _conv(self.encoder(x, cache), self.quant_conv)  # (B, 2 z, T', h, w)

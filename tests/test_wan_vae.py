@@ -264,3 +264,32 @@ def test_bf16_runs_close_to_fp32_as_diffusers_bf16_does(ref, folders):
     theirs = copy.deepcopy(ref).to(torch.bfloat16).decode(z32.mean.bfloat16()).sample
     ours_err, their_err = (f16.float() - f32).abs().mean(), (theirs.float() - f32).abs().mean()
     assert ours_err < 0.02 and ours_err < 1.5 * their_err, (ours_err, their_err)
+
+
+def test_forward_for_fine_tuning_is_the_stateless_encode_then_decode_of_a_sample(folders):
+    from videodit.vae_loss import vae_loss
+
+    vae = load_vae(folders / "from_diffusers").train()
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    torch.manual_seed(1)
+    recon, mean, logvar = vae(x)
+    with torch.no_grad():
+        post, _ = vae.encode(x, vae.init_cache())
+        torch.manual_seed(1)
+        frames, _ = vae.decode(post.sample(), vae.init_cache())
+    assert torch.allclose(mean, post.mean, atol=1e-5) and torch.allclose(logvar, post.logvar, atol=1e-5)
+    assert torch.allclose(recon.clamp(-1, 1), frames, atol=1e-5)
+    loss, _ = vae_loss(vae, x, read_config(folders / "from_diffusers").vae, step=0)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in vae.parameters())
+
+
+@torch.no_grad()
+def test_spatial_tiling_runs_through_the_streaming_helpers(ours):
+    x = torch.rand(1, 3, 5, 32, 48) * 2 - 1
+    z = encode_video(ours, x, tile=24, overlap=8)
+    assert z.shape == (1, 16, 2, 4, 6) and torch.isfinite(z).all()
+    frames = decode_video(ours, z, tile=24, overlap=8)
+    assert frames.shape == x.shape and frames.abs().max() <= 1
+    # one tile covering the frame is no tiling at all
+    assert torch.equal(decode_video(ours, z, tile=48), decode_video(ours, z, tile=0))

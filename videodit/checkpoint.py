@@ -158,7 +158,9 @@ def load_vae(folder: str | Path, cfg: Config | None = None):
     from videodit.vae_wan import build_vae
 
     cfg = cfg or read_config(folder)
-    return load_into(build_vae(cfg.vae), Path(folder) / "vae.safetensors").eval()
+    with torch.device("meta"):  # no random initialisation (seconds for Wan 2.1's 127M weights): load_into fills all
+        vae = build_vae(cfg.vae)
+    return load_into(vae.to_empty(device="cpu"), Path(folder) / "vae.safetensors").eval()
 
 
 def load_dit(folder: str | Path, cfg: Config | None = None, name: str = "dit.safetensors",

@@ -293,3 +293,13 @@ def test_spatial_tiling_runs_through_the_streaming_helpers(ours):
     assert frames.shape == x.shape and frames.abs().max() <= 1
     # one tile covering the frame is no tiling at all
     assert torch.equal(decode_video(ours, z, tile=48), decode_video(ours, z, tile=0))
+
+
+@torch.no_grad()
+def test_upsampling_kernels_compute_the_same_frames(folders):
+    """Wan's nearest-exact x2 then 3x3 conv ("interp") and the one transposed conv ("transposed") are one function."""
+    vae = load_vae(folders / "from_diffusers")
+    z = torch.randn(1, 16, 3, 2, 3)
+    a, _ = vae.set_kernels("interp").decode(z, vae.init_cache())
+    b, _ = vae.set_kernels("transposed").decode(z, vae.init_cache())
+    assert torch.allclose(a, b, atol=1e-5)

@@ -227,6 +227,10 @@ class TrainConfig:
     compile: bool = False  # regional torch.compile: each transformer / VAE block compiled once, in place
     zero_stage: int = 0  # 0 = plain DDP-style data parallel; 1, 2, 3 = DeepSpeed ZeRO
     offload_optimizer: bool = False  # ZeRO: keep the optimizer state in CPU memory
+    # processes that share each clip: sequence parallelism (videodit/sequence_parallel.py), 1 = off. Groups of this
+    # many consecutive ranks split each clip's frames (and its positions, for the temporal attention); it must divide
+    # the number of processes and each clip's token frames and tokens per frame
+    sequence_parallel: int = 1
     nan_policy: str = "stop"  # "stop" or "skip"
     seed: int = 0  # the run's seed: batches, timesteps, noise and dropout derive from (seed, step)
     log_every: int = 10  # steps between log lines
@@ -558,6 +562,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "train.min_lr_ratio": (0, 1, "in [0, 1]"),
     "train.grad_clip": (0, INF, ">= 0 (0 = no clipping)"),
     "train.grad_accum": (1, INF, ">= 1"),
+    "train.sequence_parallel": (1, INF, ">= 1 (1 = off)"),
     "train.ema_decay": (0, 1, "in [0, 1)"),
     "train.seed": (0, 2**63 - 1, "in [0, 2**63 - 1]"),
     "train.log_every": (1, INF, ">= 1"),
@@ -646,6 +651,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.precision must be auto, bf16 or fp32, got '{t.precision}'")
     if t.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.sequence_parallel > 1 and t.task != "dit":
+        raise ConfigError("train.sequence_parallel splits the DiT's tokens; train the VAE with sequence_parallel 1")
     if t.checkpoint_policy not in CHECKPOINT_POLICIES:
         raise ConfigError(f"train.checkpoint_policy must be one of {CHECKPOINT_POLICIES}, got '{t.checkpoint_policy}'")
     if t.nan_policy not in ("stop", "skip"):

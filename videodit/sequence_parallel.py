@@ -14,10 +14,11 @@ The DiT then takes and returns the whole clip on every process of the group, as 
 embeds and runs its own frames, and the output is gathered. RoPE positions, per-frame timesteps, the block-causal
 mask and the first-chunk embedding are computed for the whole clip, so the result equals one process's.
 
-Gradients: every process of a group must compute the same function of the gathered output (the loss of the
-same samples, with the same noise and t); each process's backward then yields its own frames' and positions'
-share of every parameter's gradient, and the shares are summed over the group (DeepSpeed does so with its
-sequence-parallel `mpu`, see videodit/train/distributed.py).
+Gradients: both exchanges and the gather are differentiated exactly, so the parameter gradients of a process
+are its share of the gradient of the sum of the group's losses. When every process of the group computes the
+same loss (the same samples, noise and t), that sum is N times the loss, and averaging the gradients over all
+processes, as plain data parallelism does (DeepSpeed ZeRO, DDP), gives the loss's gradient: no process group but
+the sequence-parallel one needs to know about it.
 """
 
 from __future__ import annotations
@@ -52,19 +53,21 @@ def _exchange(x: Tensor, group: dist.ProcessGroup) -> Tensor:
 
 
 class _GatherFrames(torch.autograd.Function):
-    """(B, T_local, ...) on each process -> (B, T, ...) on all of them, in rank order. Backward: this process's
-    frames of the gradient, which is right because every process computes the same function of the gathered
-    tensor (the module docstring): summing its copies' gradients over the group would count it N times."""
+    """(B, T_local, ...) on each process -> (B, T, ...) on all of them, in rank order. Backward, the adjoint: every
+    process's gradient of the gathered tensor, summed over the group, at this process's frames (an all-reduce of
+    an output-sized tensor: small next to a block's exchanges, and gloo has it)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, group: dist.ProcessGroup) -> Tensor:
-        ctx.rank, ctx.frames = dist.get_rank(group), x.shape[1]
+        ctx.group, ctx.rank, ctx.frames = group, dist.get_rank(group), x.shape[1]
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, x.contiguous(), group=group)
         return torch.cat(parts, dim=1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd's own buffer is not ours to change
+        dist.all_reduce(grad, group=ctx.group)
         return grad.narrow(1, ctx.rank * ctx.frames, ctx.frames), None
 
 

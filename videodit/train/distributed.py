@@ -20,10 +20,20 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    sequence_parallel: int = 1  # consecutive ranks that share each sample (train.sequence_parallel)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def data_rank(self) -> int:
+        """The rank's place among the data-parallel groups: which share of the global batch it takes."""
+        return self.rank // self.sequence_parallel
+
+    @property
+    def data_world(self) -> int:
+        return self.world // self.sequence_parallel
 
 
 def init_dist(use_deepspeed: bool) -> Dist:
@@ -49,6 +59,44 @@ def import_deepspeed():
     except ImportError as e:
         raise TrainError("train.zero_stage > 0 needs DeepSpeed: pip install -e '.[train]'") from e
     return deepspeed
+
+
+def check_sequence_parallel_degree(cfg: Config, world: int) -> None:
+    """TrainError, before any work, unless train.sequence_parallel divides the `world` processes."""
+    n = cfg.train.sequence_parallel
+    if world % n:
+        fits = [str(d) for d in range(1, world + 1) if world % d == 0]
+        raise TrainError(f"train.sequence_parallel {n} must divide the number of processes ({world}): launch a "
+                         f"multiple of {n} processes, or use {'one of ' * (len(fits) > 1)}{', '.join(fits)}")
+
+
+def check_sequence_parallel_split(cfg: Config, shapes: list[tuple[int, int, int]], latent: bool) -> None:
+    """TrainError, before any work, unless train.sequence_parallel N splits the token frames T' and the tokens
+    per frame S of every clip shape evenly; it says which sizes would. `shapes`: the dataset's (T, H, W), latent
+    (cached shards) or video (clips encoded on the fly: 1 + 4k frames make 1 + k latent frames, 8x smaller)."""
+    n, (pt, ph, pw) = cfg.train.sequence_parallel, cfg.model.patch
+    for shape in sorted(set(shapes)):
+        t, h, w = shape if latent else (1 + (shape[0] - 1) // 4, shape[1] // 8, shape[2] // 8)
+        T, S = t // pt, (h // ph) * (w // pw)
+        if T % n:  # video frames 1 + 4 (t - 1) for t latent frames, t a multiple of n * pt
+            near = sorted(sorted((k * n * pt for k in range(1, t // (n * pt) + 3)), key=lambda x: abs(x - t))[:2])
+            frames = " or ".join(str(1 + 4 * (x - 1)) for x in near)
+            tokens = " or ".join(str(x // pt) for x in near)
+            what = (f"the shards' clips of {1 + 4 * (t - 1)} frames give {T} token frames; cache clips of {frames} "
+                    "frames" if latent else f"data.frames {shape[0]} gives {T} token frames; data.frames {frames}")
+            raise TrainError(f"train.sequence_parallel {n} splits each clip's frames over {n} processes, but {what} "
+                             f"would ({tokens} token frames)")
+        if S % n:
+            what = ("the shards' " if latent else "") + f"{8 * w}x{8 * h} frames give {S} tokens each"
+            # square sizes p (pixels) whose p/8 divides by the patch and whose token count by n
+            sizes = [p for p in range(8, 16 * h + 8, 8) if p // 8 % ph == 0 and p // 8 % pw == 0
+                     and (p // 8 // ph) * (p // 8 // pw) % n == 0] if h == w else []  # fmt: skip
+            if sizes:
+                near = sorted(sorted(sizes, key=lambda p: abs(p - 8 * h))[:2])
+                counts = " or ".join(str((p // 8 // ph) * (p // 8 // pw)) for p in near)
+                size = " or ".join(map(str, near))
+                what += f"; {'cache clips of size' if latent else 'data.size'} {size} would ({counts} tokens)"
+            raise TrainError(f"train.sequence_parallel {n} splits each frame's tokens over {n} processes, but {what}")
 
 
 def all_reduce_max(x: float, dist: Dist) -> float:
@@ -92,7 +140,8 @@ def deepspeed_config(cfg: Config, dist: Dist, micro: int, precision: str) -> dic
             raise TrainError(f"train.deepspeed '{p}' not found (see configs/deepspeed/)")
         ds = json.loads(p.read_text())
     ours = {
-        "train_batch_size": cfg.data.batch_size,
+        # DeepSpeed sees every rank as data parallel: a sample counts once per rank of its sequence-parallel group
+        "train_batch_size": cfg.data.batch_size * t.sequence_parallel,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": t.grad_accum,
         "gradient_clipping": t.grad_clip,

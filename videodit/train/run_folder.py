@@ -3,7 +3,8 @@
 A fresh run refuses a folder that holds another run's files unless told to start over (`--overwrite`), and a
 resumed run takes only checkpoints written with its own config: the keys that shape the model or the training
 trajectory must match. Where files live, how often to log or save, how the same math is computed (compile,
-activation checkpointing, ZeRO stage, precision) and `train.steps` (a run is resumed to train longer) may change.
+activation checkpointing, ZeRO stage, sequence parallelism, precision) and `train.steps` (a run is resumed to train
+longer) may change.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ FREE_KEYS = {
     "train.vae", "train.init", "train.deepspeed",  # paths: the weights they held are in the checkpoint
     "train.precision", "train.activation_checkpointing", "train.checkpoint_policy", "train.compile",
     "train.zero_stage", "train.offload_optimizer",  # a checkpoint of another ZeRO stage fails to load, with a message
+    "train.sequence_parallel",  # ZeRO partitions over all ranks whatever the degree, and the math is the same
     "data.shards", "data.manifest", "data.num_workers", "text.pretrained", "model.temporal_attention",
     "flow.latent_scale", "flow.latent_shift",  # measured at the start of the run; a resume takes the saved ones
 }  # fmt: skip

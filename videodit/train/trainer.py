@@ -31,12 +31,15 @@ from videodit.checkpoint import CheckpointError, atomic_save_state, read_config,
 from videodit.config import Config, ConfigError, load_config
 from videodit.data.datasets import collate
 from videodit.dit import DiT
+from videodit.sequence_parallel import apply_sequence_parallel, new_groups
 from videodit.train import TrainError, run_folder
 from videodit.train.batches import BatchPlan, StepBatches, build_dataset, ignore_stop_signals
 from videodit.train.distributed import (
     Dist,
     all_mean,
     all_reduce_max,
+    check_sequence_parallel_degree,
+    check_sequence_parallel_split,
     deepspeed_config,
     device_of,
     full_params,
@@ -160,11 +163,14 @@ class Trainer:
         t = cfg.train
         if self.precision == "bf16" and self.device.type == "cpu" and t.zero_stage == 0:
             raise TrainError("bf16 on CPU is only supported through DeepSpeed; use --train.precision fp32")
+        check_sequence_parallel_degree(cfg, dist.world)
+        self.dist = dist = replace(dist, sequence_parallel=t.sequence_parallel)
         per_step = cfg.data.batch_size
-        if per_step % (dist.world * t.grad_accum):
-            raise TrainError(f"data.batch_size ({per_step}) must be divisible by world size ({dist.world}) x "
+        if per_step % (dist.data_world * t.grad_accum):
+            size = "world size" if t.sequence_parallel == 1 else "the data-parallel size (world / sequence_parallel)"
+            raise TrainError(f"data.batch_size ({per_step}) must be divisible by {size} ({dist.data_world}) x "
                              f"train.grad_accum ({t.grad_accum})")
-        self.micro = per_step // (dist.world * t.grad_accum)
+        self.micro = per_step // (dist.data_world * t.grad_accum)
         if t.zero_stage and t.nan_policy == "skip" and t.grad_accum > 1:
             raise TrainError("train.nan_policy skip with DeepSpeed needs train.grad_accum 1")
         if t.task == "vae" and t.zero_stage and cfg.vae.gan_weight > 0:
@@ -173,6 +179,7 @@ class Trainer:
         self.dataset = build_dataset(cfg)
         if len(self.dataset) == 0:
             raise TrainError("the training data is empty")
+        check_sequence_parallel_split(cfg, self.dataset.shapes, latent=cfg.data.source == "shards")
         self.plan = BatchPlan(self.dataset, cfg.data.batch_size, self.batch_seed())
         self.task = DiTTask(cfg, self.device) if t.task == "dit" else VAETask(cfg, self.device)
         self.start_step = 0
@@ -212,6 +219,11 @@ class Trainer:
             deepspeed = import_deepspeed()
             install_safe_deepspeed_load()
             ds_cfg = deepspeed_config(cfg, dist, self.micro, self.precision)
+            if t.sequence_parallel > 1:  # (more than one process: always DeepSpeed, see init_dist)
+                # the ranks of a group split each clip; DeepSpeed sees all ranks as data parallel, partitions ZeRO
+                # state over all of them and averages gradients over all of them, which is right for the group's
+                # gradient shares (videodit/sequence_parallel.py)
+                apply_sequence_parallel(self.module.dit, new_groups(t.sequence_parallel)[0])
             self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=self.module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
             )
@@ -504,7 +516,8 @@ class Trainer:
             else contextlib.nullcontext()
         )
         for a in range(cfg.train.grad_accum):
-            start = (a * dist.world + dist.rank) * self.micro
+            # the ranks of a sequence-parallel group take the same samples, and split each clip inside the DiT
+            start = (a * dist.data_world + dist.data_rank) * self.micro
             inputs = self.task.inputs(batch, step, slice(start, start + self.micro))
             with autocast:
                 loss = model(**inputs)
@@ -633,7 +646,8 @@ def run(cfg: Config, resume: str = "", export_only: bool = False, overwrite: boo
             k = sum(p.numel() for p in trainer.module.parameters() if p.requires_grad)
             print(f"LoRA rank {cfg.train.lora_rank} on {cfg.train.init}: {k / 1e6:.3f}M trainable parameters "
                   f"({100 * k / n:.2f}% of {n / 1e6:.2f}M)")
-        print(f"{cfg.train.task}: {n / 1e6:.2f}M parameters, world {dist.world}, micro-batch {trainer.micro}, "
+        sp = f", sequence parallel {cfg.train.sequence_parallel}" if cfg.train.sequence_parallel > 1 else ""
+        print(f"{cfg.train.task}: {n / 1e6:.2f}M parameters, world {dist.world}{sp}, micro-batch {trainer.micro}, "
               f"precision {trainer.precision}, ZeRO {cfg.train.zero_stage}, start step {trainer.start_step}")
     if export_only and trainer.start_step == 0:
         raise TrainError(f"--export-only: no checkpoint under {trainer.run_dir / 'checkpoints'}; train first "

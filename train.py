@@ -3,6 +3,7 @@
     python train.py --config configs/tiny.yaml                      # one process (CPU or one GPU)
     deepspeed --num_gpus 8 train.py --config configs/base.yaml --train.zero_stage 2
     torchrun --nproc_per_node 2 train.py --config configs/tiny.yaml --train.zero_stage 2   # CPU: gloo
+    deepspeed --num_gpus 8 train.py --config configs/xl.yaml --train.sequence_parallel 4   # a clip over 4 GPUs
 
 Any --section.key VALUE overrides the config (docs/configuration.md). The work is done by videodit.train.
 """

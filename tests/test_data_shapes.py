@@ -121,9 +121,17 @@ def test_shapes_cli_rejects_bad_arguments(tmp_path, bad, capsys):
 
 
 def test_styles_change_only_their_own_aspect():
-    """render_clip styles for adapter experiments: light repaints the background only, slow moves the objects at
-    SLOW_SPEED times their speed along the same paths (frame k of slow = time 0.4 k / fps of plain)."""
-    from videodit.data.shapes import BACKGROUNDS, LIGHT_BACKGROUND, SLOW_SPEED, STYLES, make_example, render_clip
+    """render_clip styles for adapter experiments: light repaints the background only, slow and fast move the objects
+    at SLOW_SPEED / FAST_SPEED times their speed along the same paths (frame k of slow = time 0.4 k / fps of plain)."""
+    from videodit.data.shapes import (
+        BACKGROUNDS,
+        FAST_SPEED,
+        LIGHT_BACKGROUND,
+        SLOW_SPEED,
+        STYLES,
+        make_example,
+        render_clip,
+    )
 
     spec, _ = make_example(0, 3)
     plain = render_clip(spec, fps=10, size=32, frames=11)
@@ -135,4 +143,7 @@ def test_styles_change_only_their_own_aspect():
     assert not np.array_equal(slow[5], plain[5])
     with pytest.raises(DataError, match="style must be one of"):
         render_clip(spec, fps=10, size=32, frames=2, style="sepia")
-    assert STYLES == ("plain", "light", "slow")
+    fast = render_clip(spec, fps=10, size=32, frames=11, style="fast")  # frame k of fast = time 1.8 k / fps of plain
+    plain_long = render_clip(spec, fps=10, size=32, frames=19)
+    assert FAST_SPEED == 1.8 and np.array_equal(fast[5], plain_long[9]) and np.array_equal(fast[10], plain_long[18])
+    assert STYLES == ("plain", "light", "slow", "fast")

@@ -60,12 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of a manifest: render this many procedural shapes clips (train split)")
     p.add_argument("--seed", type=int, default=0, help="procedural dataset seed (with --shapes)")
     p.add_argument("--style", default="plain",
-                   help="with --shapes: the rendering style (plain; light: a light-grey background; slow: objects at "
-                        "0.4x speed: looks the shipped model never saw, for LoRA experiments)")
+                   help="with --shapes: the rendering style (plain; light: a light-grey background; slow / fast: "
+                        "objects at 0.4x / 1.8x speed: looks the shipped model never saw, for LoRA experiments)")
     p.add_argument("--p-two", type=float, default=None,
                    help="share of two-object clips (with --shapes; default: the dataset's 0.3)")
     p.add_argument("--vae", required=True, help="checkpoint folder holding config.yaml + vae.safetensors")
-    p.add_argument("--text-encoder", help="checkpoint folder or T5 folder (default: the --vae checkpoint)")
+    p.add_argument("--text-encoder", help="checkpoint folder or T5 / mT5 / umT5 folder (default: the --vae "
+                                          "checkpoint's; a converted VAE has none); train with the same one")
     p.add_argument("--out", required=True, help="shards folder")
     p.add_argument("--frames", type=int, nargs="+", default=[17], help="frames per sample (1 + 4k); several = buckets")
     p.add_argument("--size", type=_size, default=64, help="frame size: N (square) or WxH, width first (96x64)")

@@ -18,7 +18,10 @@ name and renamed into place:
     text_emb   (N, L, D)                       T5 embeddings, zero past each caption, L = the shard's longest
     text_mask  (N, L) bool
 
-with the captions and source clips in its metadata and in `index.json`. A finished shard is never redone, so
+with the captions and source clips in its metadata and in `index.json`, which also records what made the shards:
+the VAE (`vae`, its path, and `vae_config`, its config section: architecture and per-channel latent statistics,
+which training adopts or checks against `train.vae`) and the text encoder (`text_encoder`: `--text-encoder`, else
+the `--vae` checkpoint's own; a converted VAE has none, so pass one). A finished shard is never redone, so
 an interrupted run, run again, produces the same files as an uninterrupted one. `index.json` appears when the
 last shard is done (written by whichever rank finishes last; rerunning any rank also writes it).
 
@@ -41,6 +44,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from videodit.config import to_dict
 from videodit.data.datasets import _hw, load_window, to_tensor
 from videodit.data.prep import read_manifest
 from videodit.video_io import DataError, VideoError, share, temp_path_for
@@ -325,6 +329,13 @@ def cache(
     rank, world = dist_env(rank, world_size)
     if not (Path(vae) / "vae.safetensors").is_file():
         raise DataError(f"--vae '{vae}': checkpoint not found (a folder with config.yaml and vae.safetensors)")
+    vae_cfg = _vae_config(vae)
+    if text_encoder is None and not (Path(vae) / "text_encoder").is_dir() and not vae_cfg.text.pretrained:
+        raise DataError(
+            f"--vae '{vae}' holds no text encoder (a converted VAE has none): pass --text-encoder DIR, a T5, mT5 or "
+            "umT5 folder (Wan 2.1's is umT5-XXL) or a videodit checkpoint; `videodit-data text-encoder DIR --tokenizer "
+            "byte` makes a tiny random one in DIR/text_encoder. Train with the same one (--text.pretrained DIR)"
+        )
     text_path = text_encoder or vae
     if not Path(text_path).is_dir():
         raise DataError(f"--text-encoder '{text_path}' not found")
@@ -396,13 +407,26 @@ def cache(
             bar.close()  # before an error message, not after it
     bad = skipped_clips(out, rows, plans)
     summary["bad"] = {r: sum(b["reason"] == r for b in bad) for r in sorted({b["reason"] for b in bad})}
-    summary["index"] = write_index(out, rows, plans, bad)
+    made_by = dict(vae=settings["vae"], vae_config=to_dict(vae_cfg.vae), text_encoder=settings["text_encoder"])
+    summary["index"] = write_index(out, rows, plans, bad, made_by)
     return summary
 
 
-def write_index(out: Path, rows: list[dict], plans: list[ShardPlan], bad: list[dict]) -> bool:
+def _vae_config(vae: str | Path):
+    """The config of the --vae checkpoint folder (whose `vae` section says how its latents are normalised)."""
+    from videodit.checkpoint import CheckpointError, read_config
+
+    try:
+        return read_config(vae)
+    except CheckpointError as e:
+        raise DataError(f"--vae: {e}") from e
+
+
+def write_index(out: Path, rows: list[dict], plans: list[ShardPlan], bad: list[dict], made_by: dict) -> bool:
     """Write index.json (the shards holding clips) and skipped.jsonl (`bad`, from skipped_clips) if every planned
-    shard exists; -> whether it was written. Raises ClipError, writing no index, if no clip could be read."""
+    shard exists; -> whether it was written. Raises ClipError, writing no index, if no clip could be read.
+    `made_by`: the VAE (path, and its `vae` config section: architecture and latent statistics, which training
+    checks against its own) and the text encoder that made the shards, recorded in the index."""
     if not all((out / p.name).is_file() for p in plans):
         return False
     shards = []
@@ -421,5 +445,6 @@ def write_index(out: Path, rows: list[dict], plans: list[ShardPlan], bad: list[d
     if not shards:
         counts = ", ".join(f"{sum(b['reason'] == r for b in bad)} {r}" for r in sorted({b["reason"] for b in bad}))
         raise ClipError(f"no clip could be read ({counts}; first: {bad[0]['error']}); see {out / 'skipped.jsonl'}")
-    _atomic_json(out / "index.json", dict(version=INDEX_VERSION, num=sum(s["num"] for s in shards), shards=shards))
+    _atomic_json(out / "index.json", dict(version=INDEX_VERSION, num=sum(s["num"] for s in shards), **made_by,
+                                          shards=shards))
     return True

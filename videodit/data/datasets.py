@@ -115,6 +115,16 @@ def shard_folders(shards: str | Path) -> list[Path]:
     return [Path(d.strip()) for d in str(shards).split(",") if d.strip()] or [Path(shards)]
 
 
+def shard_sources(shards: str | Path) -> list[dict]:
+    """What made each folder of a `data.shards` value, from its index.json: dict(folder, vae, vae_config,
+    text_encoder); the last three are None in an index written before `videodit-data cache` recorded them."""
+    out = []
+    for folder in shard_folders(shards):
+        index = json.loads((folder / "index.json").read_text())
+        out.append(dict(folder=folder, **{k: index.get(k) for k in ("vae", "vae_config", "text_encoder")}))
+    return out
+
+
 class ShardDataset(Dataset):
     """Items of the safetensors shards written by `videodit-data cache` (see videodit/data/cache.py).
 

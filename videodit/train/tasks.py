@@ -20,7 +20,7 @@ from videodit.checkpoint import (
     read_config,
     save_text_encoder,
 )
-from videodit.config import Config, ConfigError
+from videodit.config import Config, ConfigError, VAEConfig, override, to_dict
 from videodit.data.datasets import collate
 from videodit.dit import DiT
 from videodit.flow import anchor_gap_index, flow_loss, sample_t, take_frames
@@ -59,20 +59,21 @@ class DiTTask:
     def __init__(self, cfg: Config, device: torch.device):
         self.cfg = cfg
         self.device = device
-        self.text_encoder = load_text_encoder_for(cfg)
+        self.text_encoder = load_text_encoder_for(cfg).to(device)
+        if cfg.data.source == "shards":  # first: a wrong encoder is the likelier cause of a width mismatch
+            check_shards_text(cfg, self.text_encoder)
         if cfg.model.text_dim != self.text_encoder.dim:
             raise TrainError(f"model.text_dim ({cfg.model.text_dim}) must equal the text encoder's width "
                              f"({self.text_encoder.dim}); set --model.text_dim {self.text_encoder.dim}")
-        self.text_encoder.to(device)
         self.vae = None
         if cfg.train.vae:  # the run (and its export) records the VAE it was trained with, pixel_mean and all
             try:
                 cfg.vae = read_config(cfg.train.vae).vae
             except (CheckpointError, ConfigError) as e:
                 raise TrainError(f"train.vae: {e}") from e
-        elif cfg.data.source == "shards":
-            print("warning: no train.vae: the export will hold no VAE, and sample.py needs one", file=sys.stderr)
-        if cfg.data.source != "shards":
+        if cfg.data.source == "shards":
+            use_shards_vae(cfg)
+        else:
             if not cfg.train.vae:
                 raise TrainError("training the DiT on clips needs a trained VAE: set train.vae to its checkpoint "
                                  "folder (train one with configs/vae_tiny.yaml), or train on cached shards")
@@ -218,12 +219,104 @@ def load_init(folder: str, name: str) -> dict[str, Tensor]:
     return load_state(path)
 
 
+def text_encoder_source(cfg: Config) -> str:
+    """Which text encoder a run uses, in words: text.pretrained if set; else the one in the train.vae checkpoint
+    (this project's VAE exports carry one); else the tiny built-in T5. Cached shards must have been made with it."""
+    if cfg.text.pretrained:
+        return f"text.pretrained '{cfg.text.pretrained}'"
+    if cfg.train.vae and (Path(cfg.train.vae) / "text_encoder").is_dir():
+        return f"train.vae's '{Path(cfg.train.vae) / 'text_encoder'}'"
+    return "the tiny built-in T5 (text.pretrained unset)"
+
+
+def _arch(folder: str) -> str:
+    try:
+        return read_config(folder).vae.arch
+    except CheckpointError:
+        return ""  # DiTTask reports an unreadable train.vae
+
+
 def load_text_encoder_for(cfg: Config):
     from videodit.text_encoder import TextEncoder
 
     # an explicit text.pretrained wins; else the one that came with the VAE checkpoint; else the tiny built-in
     if not cfg.text.pretrained and cfg.train.vae and (Path(cfg.train.vae) / "text_encoder").is_dir():
         return load_text_encoder(cfg.train.vae)
+    if not cfg.text.pretrained and cfg.train.vae and _arch(cfg.train.vae) == "wan21":
+        # a converted pretrained VAE comes without a text encoder; a random tiny T5 beside it is rarely meant
+        print(f"warning: train.vae '{cfg.train.vae}' holds no text encoder and text.pretrained is unset: the tiny "
+              f"built-in T5 (random) encodes the captions; for real captions pass --text.pretrained DIR (a T5 / umT5 "
+              f"folder; on shards: the --text-encoder they were cached with)", file=sys.stderr)
     from videodit.data.shapes import vocabulary  # the word tokenizer's caption language: the shapes dataset's
 
     return TextEncoder.from_config(cfg.text, words=vocabulary() if cfg.text.tiny_tokenizer == "words" else None)
+
+
+# The VAE config keys that say what a latent means: shards made by one VAE train only under a VAE that agrees.
+LATENT_KEYS = ("arch", "latent_channels", "pixel_mean", "latent_mean", "latent_std")
+
+
+def use_shards_vae(cfg: Config) -> None:
+    """The VAE the shards were cached with (index.json's vae_config: architecture, per-channel latent statistics)
+    decides how their raw latents are normalised: without train.vae the run adopts it, with train.vae the two must
+    agree. Shards cached before the index recorded it are taken on trust."""
+    from videodit.data.datasets import shard_sources
+
+    made = [s for s in shard_sources(cfg.data.shards) if s["vae_config"]]
+    if not made:
+        if not cfg.train.vae:
+            print("warning: no train.vae: the export will hold no VAE, and sample.py needs one", file=sys.stderr)
+        return
+    first = made[0]
+    for other in made[1:]:
+        if diff := [k for k in LATENT_KEYS if other["vae_config"].get(k) != first["vae_config"].get(k)]:
+            raise TrainError(f"data.shards mixes the latents of two VAEs: '{first['folder']}' (cached with "
+                             f"'{first['vae']}') and '{other['folder']}' (with '{other['vae']}') differ in "
+                             f"vae.{', vae.'.join(diff)}; cache them all with one --vae")
+    if not cfg.train.vae:
+        try:
+            vae = override(VAEConfig(), first["vae_config"], "vae.")
+        except ConfigError as e:
+            raise TrainError(f"data.shards '{first['folder']}': its index.json has an unreadable vae_config ({e}); "
+                             f"pass --train.vae {first['vae']}") from e
+        vae.freeze_encoder = False  # a setting of the VAE's own training run, not of its latents
+        cfg.vae = vae
+        print(f"warning: no train.vae: the export will hold no VAE, and sample.py needs one (pass --train.vae "
+              f"{first['vae']}, the VAE the shards were cached with, whose config this run uses)", file=sys.stderr)
+        return
+    ours = to_dict(cfg.vae)
+    if diff := [k for k in LATENT_KEYS if ours[k] != first["vae_config"].get(k)]:
+        raise TrainError(f"train.vae '{cfg.train.vae}' is not the VAE the shards in '{first['folder']}' were cached "
+                         f"with ('{first['vae']}'): vae.{', vae.'.join(diff)} differ; pass --train.vae "
+                         f"{first['vae']}, or cache the shards again with --vae {cfg.train.vae}")
+
+
+@torch.no_grad()
+def check_shards_text(cfg: Config, text_encoder) -> None:
+    """The shards' caption embeddings must be this run's text encoder's: the DiT learns from them, while text
+    dropout's empty prompt, sample videos and sample.py use the encoder itself. Each folder's shortest caption of
+    its first shard is encoded again and compared (a loose tolerance: shards may be stored in bf16)."""
+    from videodit.data.datasets import ShardDataset, shard_sources
+
+    for src in shard_sources(cfg.data.shards):
+        ds = ShardDataset(src["folder"])
+        first = [i for i, (shard, _) in enumerate(ds.items) if shard == 0]
+        item = ds[min(first, key=lambda i: len(ds.captions[i]))]
+        emb, mask = text_encoder([item["caption"]])  # (1, L, D), (1, L)
+        got = emb[0, : int(mask[0].sum())].float().cpu()  # (n, D)
+        want = item["text_emb"]
+        if got.shape != want.shape:
+            how = f"has shape {tuple(got.shape)}, the shards' {tuple(want.shape)}"
+        else:
+            rel = float((got - want).abs().mean() / want.abs().mean().clamp_min(1e-12))
+            if rel <= 0.05:
+                continue
+            how = f"differs from the shards' by {rel:.0%} (mean absolute difference / mean absolute value)"
+        made = src["text_encoder"]
+        if made and (Path(made) / "text_encoder").is_dir() and not (Path(made) / "config.json").is_file():
+            made = str(Path(made) / "text_encoder")  # a videodit checkpoint: its T5 folder
+        raise TrainError(f"the shards in '{src['folder']}' were not cached with this run's text encoder "
+                         f"({text_encoder_source(cfg)}): its embedding of their caption '{item['caption'][:40]}' "
+                         f"{how}; pass --text.pretrained "
+                         + (f"{made}, the encoder they were cached with" if made else "DIR, the --text-encoder they "
+                            "were cached with"))

@@ -6,6 +6,10 @@ from noise and is denoised while its temporal attention reads the cached keys/va
 chunk) and a rolling window of the most recent clean chunks. When it is clean, one more pass at t = 0 writes
 its own keys/values to the cache, the streaming VAE decodes it, and its frames go straight to the mp4. Memory
 is bounded by the window, and time grows linearly with length.
+
+Under torchrun (`init_processes`) the processes split every chunk's tokens (videodit/sequence_parallel.py: frames
+for most of a block, positions for its temporal attention, so each keeps its own positions' cache); rank 0 alone
+decodes and writes, as the streaming VAE decodes chunk after chunk (docs/sequence-parallel.md).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from videodit.checkpoint import (
@@ -34,6 +39,7 @@ from videodit.checkpoint import (
 from videodit.config import Config, ConfigError, SampleConfig, check_sample, override
 from videodit.dit import ChunkKV
 from videodit.flow import interpolate, sample, timestep_shift
+from videodit.sequence_parallel import apply_sequence_parallel, gather_positions, own_positions, whole_clip
 from videodit.vae import denormalize_latents, normalize_latents
 
 
@@ -82,20 +88,33 @@ def check_timeline(prompts: list[str], at: list[float] | None, seconds: float) -
 
 
 class Pipeline:
-    def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device, dit_low=None):
+    def __init__(self, cfg: Config, dit, vae, text_encoder, device: torch.device, dit_low=None,
+                 group: dist.ProcessGroup | None = None):
+        """group: the processes that sample together (sequence parallelism, `init_processes`); each makes the same
+        calls with the same request, every chunk's tokens split over them, and rank 0 alone decodes (`frames`)."""
         self.cfg = cfg
         self.dit = dit.to(device).eval()
         self.dit_low = dit_low.to(device).eval() if dit_low is not None else None  # the low-noise expert
         self.vae = vae.to(device).eval()
         self.text_encoder = text_encoder.to(device).eval()
         self.device = device
+        self.group = group
+        self.degree = dist.get_world_size(group) if group is not None else 1
+        self.rank = dist.get_rank(group) if group is not None else 0
+        if group is not None:
+            for net in self.nets():
+                apply_sequence_parallel(net, group)
+
+    def nets(self) -> list:
+        """The DiTs: the main one and the low-noise expert, if any."""
+        return [n for n in (self.dit, self.dit_low) if n is not None]
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu",
-             loras: Sequence[tuple[str | Path, float]] = ()) -> Pipeline:
+             loras: Sequence[tuple[str | Path, float]] = (), group: dist.ProcessGroup | None = None) -> Pipeline:
         """The checkpoint in `folder`; `loras`: (adapter folder, scale) pairs merged into its DiT (videodit.lora).
         An adapter is trained on the main DiT: with any, sampling uses it for every step (sample.expert_t 0; set
-        sample.expert_t to let the unadapted low-noise expert finish the last steps)."""
+        sample.expert_t to let the unadapted low-noise expert finish the last steps). `group`: see __init__."""
         from videodit.lora import load_adapter, merge, weights_hash
 
         cfg = read_config(folder)
@@ -113,7 +132,7 @@ class Pipeline:
                                   f"folder has no dit_low.safetensors (the low-noise expert); attach one with "
                                   f"`python -m videodit.expert` or set sample.expert_t: 0")
         dit_low = load_dit(folder, expert_config(folder, cfg), "dit_low.safetensors") if low.is_file() else None
-        return cls(cfg, dit, vae, text_encoder, torch.device(device), dit_low)
+        return cls(cfg, dit, vae, text_encoder, torch.device(device), dit_low, group)
 
     # ---- the one place a request is resolved and checked (the CLI, the Python API and the app all come here)
     def request(self, prompts: list[str] | str, *, at: list[float] | None = None, seconds: float = 10.0,
@@ -141,6 +160,7 @@ class Pipeline:
         if fps != c.data.fps:
             raise GenerateError(f"this checkpoint was trained at {c.data.fps} fps; use --fps {c.data.fps}")
         self.check_size(width, height)
+        self.check_split(width, height, self.degree)
         if s.expert_t > 0 and self.dit_low is None:
             raise GenerateError(f"{label('expert_t')} needs a checkpoint with a low-noise expert "
                                 f"(dit_low.safetensors); "
@@ -158,6 +178,7 @@ class Pipeline:
             req.image = self.load_image(image, width, height, req.notes)
         if video is not None:
             req.video, req.video_frames = self.check_clip(video, fps, req.notes)
+        self.note_whole_chunk(req)
         return req
 
     def extend(self, req: Request, prompt: str, at: float,
@@ -172,7 +193,7 @@ class Pipeline:
 
     def size_unit(self) -> int:
         """Frame sides must be multiples of this: the VAE's 8 times the DiTs' spatial patch."""
-        nets = [n for n in (self.dit, self.dit_low) if n is not None]
+        nets = self.nets()
         return 8 * math.lcm(*(n.cfg.patch[1] for n in nets), *(n.cfg.patch[2] for n in nets))
 
     def check_size(self, width: int, height: int) -> None:
@@ -189,6 +210,61 @@ class Pipeline:
         options = [f"{w}x{h}" for w in near(width) for h in near(height)]
         raise GenerateError(f"--size {width}x{height} (width x height) cannot be made by this checkpoint: each side "
                             f"must be a multiple of {unit} between {unit * 2} and {top}; nearest: {', '.join(options)}")
+
+    def token_grid(self, width: int, height: int, latent_frames: int) -> list[tuple[int, int]]:
+        """(token frames T', tokens per frame S) of `latent_frames` latent frames at width x height, per DiT."""
+        return [(latent_frames // n.cfg.patch[0], (height // 8 // n.cfg.patch[1]) * (width // 8 // n.cfg.patch[2]))
+                for n in self.nets()]
+
+    def check_split(self, width: int, height: int, degree: int) -> None:
+        """Sequence parallelism over `degree` processes: GenerateError unless they split every (whole) chunk's
+        token frames and every frame's tokens evenly; the message names the process counts or sizes that would."""
+        if degree == 1:
+            return
+        cf = self.cfg.model.chunk_frames
+        grid = self.token_grid(width, height, cf)
+        fits = [d for d in range(1, max(max(g) for g in grid) + 1) if all(T % d == 0 and S % d == 0 for T, S in grid)]
+        counts = f"launch {' or '.join(map(str, fits))} processes (torchrun --nproc_per_node)"
+        if any(T % degree for T, _ in grid):
+            raise GenerateError(f"sampling on {degree} processes splits each chunk's frames over them, but this "
+                                f"checkpoint's chunks have {grid[0][0]} token frames (model.chunk_frames {cf}); "
+                                f"{counts}")
+        if any(S % degree for _, S in grid):
+            unit, top = self.size_unit(), 4 * self.cfg.data.size
+            sides = range(2 * unit, top + 1, unit)
+            ok = [(w, h) for w in sides for h in sides if all(S % degree == 0 for _, S in self.token_grid(w, h, cf))]
+            near = sorted(ok, key=lambda wh: (abs(wh[0] - width) + abs(wh[1] - height), -wh[0] * wh[1], wh))[:2]
+            would = f"--size {' or '.join(f'{w}x{h}' for w, h in near)} would" if near else counts
+            raise GenerateError(f"sampling on {degree} processes splits each frame's tokens over them, but --size "
+                                f"{width}x{height} gives {grid[0][1]} tokens per frame; {would}")
+
+    def last_chunk(self, req: Request) -> int:
+        """Latent frames of the request's last chunk (the others have model.chunk_frames)."""
+        cf = self.cfg.model.chunk_frames
+        return (self.frame_count(req)[1] - 1) % cf + 1
+
+    def splits(self, latent_frames: int) -> bool:
+        """Whether a chunk of `latent_frames` latent frames splits evenly over the processes (frame by frame)."""
+        return all(latent_frames % (n.cfg.patch[0] * self.degree) == 0 for n in self.nets())
+
+    def note_whole_chunk(self, req: Request) -> None:
+        """Sequence parallelism: a last chunk too short to split runs whole on every process (from every position's
+        cache; exact, no faster than one process). Say so, with the lengths that would split every chunk."""
+        last = self.last_chunk(req)
+        if self.degree == 1 or self.splits(last):
+            return
+        n0 = max(1, round(req.seconds * req.fps))
+        near = []
+        for step in (-1, 1):
+            n = n0 + step
+            while 0 < n and n / req.fps <= req.sample.max_seconds and n / req.fps > req.at[-1]:
+                if self.splits(self.last_chunk(replace(req, seconds=n / req.fps))):
+                    near.append(f"{n / req.fps:g}")
+                    break
+                n += step
+        req.notes.append(f"the last chunk has {last} latent frame(s), which do not split over {self.degree} "
+                         f"processes: each computes it whole" + (f" (--seconds {' or '.join(near)} would split "
+                                                                 f"every chunk)" if near else ""))
 
     def load_image(self, image: str | Path | np.ndarray, width: int, height: int, notes: list[str]) -> np.ndarray:
         """A first frame: a PNG/JPEG (any mode: alpha, greyscale and palettes become RGB) or uint8 (H, W, 3) ->
@@ -353,14 +429,18 @@ class Pipeline:
         nets = [self.dit] + ([self.dit_low] if s.expert_t > 0 else [])
         caches: list[tuple[ChunkKV | None, list[ChunkKV]]] = [(None, []) for _ in nets]
 
-        def finish(z: Tensor, start: int, emb: Tensor, mask: Tensor) -> None:
+        def contexts_of(nb: int, whole: bool) -> list[list[ChunkKV]]:
+            """Each network's cache, oldest first; for a chunk that runs whole, every position's (sequence parallel)."""
+            contexts = [([a] if a is not None else []) + r for a, r in caches]
+            return [[gather_positions(kv, nb, self.group) for kv in c] for c in contexts] if whole else contexts
+
+        def finish(z: Tensor, start: int, emb: Tensor, mask: Tensor, contexts: list[list[ChunkKV]], whole: bool):
             """Enter a finished chunk (noised to sample.context_noise) into every network's cache."""
             nb = emb.shape[0]
-            contexts = [([a] if a is not None else []) + r for a, r in caches]
             tc = torch.full((nb,), s.context_noise, device=self.device)
             ctx = interpolate(z, torch.randn(z.shape, generator=g).to(z), tc[:1]) if s.context_noise > 0 else z
             for i, net in enumerate(nets):
-                _, kv = net.forward_chunk(ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, contexts[i], start)
+                _, kv = self.forward_chunk(net, ctx.repeat(nb, 1, 1, 1, 1), tc, emb, mask, contexts[i], start, whole)
                 anchor, recent = caches[i]
                 if start == 0 and s.anchor:
                     anchor = kv
@@ -370,8 +450,9 @@ class Pipeline:
 
         offset = 0  # latent frames given before the first generated one
         if req.video is not None:
-            for z, frames in self.encode_clip(req):
-                finish(z.to(self.device), offset, *text(0))
+            for z, frames in self.encode_clip(req):  # whole chunks: they split whenever check_split passed
+                emb, mask = text(0)
+                finish(z.to(self.device), offset, emb, mask, contexts_of(emb.shape[0], False), False)
                 yield self._denormalise(z), frames
                 offset += z.shape[2]
         first = self.encode_image(req.image).to(self.device) if req.image is not None else None
@@ -382,14 +463,16 @@ class Pipeline:
             which = max(i for i, a in enumerate(req.at) if a * req.fps <= frame0)
             emb, mask = text(which)  # read as the chunk starts: Pipeline.extend may add prompts
             nb = emb.shape[0]
-            contexts = [([a] if a is not None else []) + r for a, r in caches]
+            whole = self.degree > 1 and not self.splits(Tc)  # a short last chunk: every process computes it whole
+            contexts = contexts_of(nb, whole)
 
-            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, contexts=contexts, nb=nb, start=start) -> Tensor:
+            def velocity(x: Tensor, t: Tensor, emb=emb, mask=mask, contexts=contexts, nb=nb, start=start,
+                         whole=whole) -> Tensor:
                 # t is the step's noise level; (1, Tc) with a clean first frame in sample_after_first
                 low = float(t.max()) < s.expert_t
                 net, ctx = (self.dit_low, contexts[1]) if low else (self.dit, contexts[0])
                 tb = t.repeat(nb, *[1] * (t.dim() - 1))
-                v, _ = net.forward_chunk(x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, ctx, start)
+                v, _ = self.forward_chunk(net, x.repeat(nb, 1, 1, 1, 1), tb, emb, mask, ctx, start, whole)
                 vc, vu = (v, v) if nb == 1 else v.chunk(2)
                 scale = s.cfg_scale if start == 0 else later
                 scale = s.cfg_scale_low if float(t.max()) < s.cfg_low_t else scale
@@ -405,8 +488,18 @@ class Pipeline:
             if start == offset and not torch.isfinite(z).all():
                 raise GenerateError("the first chunk's latents are not finite (NaN/Inf): the checkpoint's DiT or its "
                                     "sampling settings diverge; check the weights, or lower --cfg / --steps")
-            finish(z, start, emb, mask)
+            finish(z, start, emb, mask, contexts, whole)
             yield self._denormalise(z), None
+
+    def forward_chunk(self, net, x: Tensor, t: Tensor, emb: Tensor, mask: Tensor, context: list[ChunkKV],
+                      start: int, whole: bool) -> tuple[Tensor, ChunkKV]:
+        """net.forward_chunk. whole (sequence parallel, a chunk whose frames do not split): every process computes
+        the chunk whole from every position's `context` and keeps its own positions' keys and values."""
+        if not whole:
+            return net.forward_chunk(x, t, emb, mask, context, start)
+        with whole_clip(net):
+            v, kv = net.forward_chunk(x, t, emb, mask, context, start)
+        return v, own_positions(kv, x.shape[0], self.group)
 
     def sample_after_first(self, velocity, first: Tensor, Tc: int, g: torch.Generator, req: Request,
                            shift: float) -> Tensor:
@@ -428,11 +521,14 @@ class Pipeline:
     def frames(self, req: Request) -> Iterator[np.ndarray]:
         """Yield uint8 frames (t, H, W, 3) chunk by chunk; exactly frame_count(req)[0] in all. A given clip is
         decoded too (the streaming decoder must see its latents before the continuation's) but written only with
-        keep_input, as the fitted input frames."""
+        keep_input, as the fitted input frames. With a group of processes, rank 0 yields the frames and the others
+        nothing (they compute their share of every chunk, but the decode's cache runs from chunk to chunk)."""
         n, _ = self.frame_count(req)
         cache = self.vae.init_cache()
         written = 0
         for z, given in self.chunks(req):
+            if self.rank:
+                continue
             x, cache = self.vae.decode(z.to(self.device), cache)  # (1, 3, t, H, W) in [-1, 1]
             if given is not None:
                 if req.keep_input:
@@ -444,6 +540,32 @@ class Pipeline:
             written += len(x)
             if len(x):
                 yield x
+
+
+def init_processes(device: str | None) -> tuple[torch.device, dist.ProcessGroup | None]:
+    """The device to sample on and, under torchrun (WORLD_SIZE > 1), the group of all its processes, which then
+    split every chunk (Pipeline(group=...)): each process takes the GPU of its local rank (nccl), or the CPU (gloo).
+    In a plain process: pick_device(device) and no group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return pick_device(device), None
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise GenerateError(f"--device {device}: under torchrun each process takes the GPU of its local rank; "
+                                "give --device cuda")
+        dev = pick_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+        torch.cuda.set_device(dev)
+    elif dev.type != "cpu":
+        raise GenerateError(f"--device {device}: sampling on several processes needs CUDA (nccl) or the CPU (gloo)")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
+    return dev, dist.group.WORLD
+
+
+def close_processes(group: dist.ProcessGroup | None) -> None:
+    """The end of `init_processes`' group (nothing without one)."""
+    if group is not None and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -465,8 +587,20 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
-def check_outputs(out: str | Path, preview: str | Path | None = None) -> None:
-    """Fail before any work if the mp4 (or the PNG preview) cannot be written where asked; creates their folders."""
+def check_outputs(out: str | Path, preview: str | Path | None = None, group: dist.ProcessGroup | None = None) -> None:
+    """Fail before any work if the mp4 (or the PNG preview) cannot be written where asked; creates their folders.
+    With a group of processes, rank 0 (the writer) checks and every process raises its error."""
+    if group is not None:
+        error = [None]
+        if dist.get_rank(group) == 0:
+            try:
+                check_outputs(out, preview)
+            except GenerateError as e:
+                error = [str(e)]
+        dist.broadcast_object_list(error, src=dist.get_global_rank(group, 0), group=group)
+        if error[0] is not None:
+            raise GenerateError(error[0])
+        return
     for path, flag, suffix in ((Path(out), "--out", ".mp4"), (Path(preview) if preview else None, "--preview", ".png")):
         if path is None:
             continue
@@ -496,8 +630,14 @@ def contact_sheet(frames: list[np.ndarray], columns: int = 8) -> np.ndarray:
 def generate(
     pipeline: Pipeline, req: Request, out: str | Path, preview: str | Path | None = None, progress: bool = False
 ) -> Path:
-    """Write the mp4 (atomically: it appears only when complete) and optionally a PNG contact sheet."""
+    """Write the mp4 (atomically: it appears only when complete) and optionally a PNG contact sheet. With a group of
+    processes, every one calls it and rank 0 alone writes."""
     from videodit.video_io import VideoWriter, temp_path_for
+
+    if pipeline.rank:  # the other processes compute their share of every chunk
+        for _ in pipeline.frames(req):
+            pass
+        return Path(out)
 
     n, T_lat = pipeline.frame_count(req)
     chunks = math.ceil(T_lat / pipeline.cfg.model.chunk_frames)

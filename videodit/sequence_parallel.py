@@ -23,12 +23,15 @@ the sequence-parallel one needs to know about it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor
 
-from videodit.dit import DiT, FrameLayout
+from videodit.dit import ChunkKV, DiT, FrameLayout
 
 
 class _Exchange(torch.autograd.Function):
@@ -136,3 +139,43 @@ def new_groups(degree: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup]:
         g = dist.new_group(list(range(place, world, degree)))
         dp = g if rank % degree == place else dp
     return sp, dp
+
+
+# ---- chunked sampling (videodit/generate.py): a chunk whose token frames do not split runs whole on every process
+
+
+def gather_positions(kv: ChunkKV, batch: int, group: dist.ProcessGroup) -> ChunkKV:
+    """A chunk's cached keys and values of this process's positions, (B S_local, heads, T, Dh) per block -> those
+    of every position, (B S, heads, T, Dh), on every process of `group` (positions in rank order, as `to_positions`
+    splits them). `batch`: B."""
+    n = dist.get_world_size(group)
+    out = []
+    for k, v in kv:
+        both = rearrange(torch.stack([k, v]), "two (b s) h t d -> two b s h t d", b=batch).contiguous()
+        parts = [torch.empty_like(both) for _ in range(n)]
+        dist.all_gather(parts, both, group=group)
+        whole = rearrange(torch.cat(parts, dim=2), "two b s h t d -> two (b s) h t d")
+        out.append((whole[0], whole[1]))
+    return out
+
+
+def own_positions(kv: ChunkKV, batch: int, group: dist.ProcessGroup) -> ChunkKV:
+    """The inverse of `gather_positions`: every position's keys and values -> this process's share."""
+    n, rank = dist.get_world_size(group), dist.get_rank(group)
+
+    def own(x: Tensor) -> Tensor:
+        x = rearrange(x, "(b s) h t d -> b s h t d", b=batch)
+        share = x.shape[1] // n
+        return rearrange(x.narrow(1, rank * share, share), "b s h t d -> (b s) h t d")
+
+    return [(own(k), own(v)) for k, v in kv]
+
+
+@contextmanager
+def whole_clip(dit: DiT) -> Iterator[DiT]:
+    """Within the block, `dit` computes every frame in this process (its sequence-parallel layout set aside)."""
+    layout, dit.layout = dit.layout, FrameLayout()
+    try:
+        yield dit
+    finally:
+        dit.layout = layout

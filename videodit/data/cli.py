@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of a manifest: render this many procedural shapes clips (train split)")
     p.add_argument("--seed", type=int, default=0, help="procedural dataset seed (with --shapes)")
     p.add_argument("--style", default="plain",
-                   help="with --shapes: the rendering style (plain; light: a light-grey background; slow / fast: "
-                        "objects at 0.4x / 1.8x speed: looks the shipped model never saw, for LoRA experiments)")
+                   help="with --shapes: the rendering style (plain; light: a light-grey background; slow / mild: "
+                        "objects at 0.4x / 0.55x speed: looks the shipped model never saw, for LoRA experiments)")
     p.add_argument("--p-two", type=float, default=None,
                    help="share of two-object clips (with --shapes; default: the dataset's 0.3)")
     p.add_argument("--vae", required=True, help="checkpoint folder holding config.yaml + vae.safetensors")

@@ -52,11 +52,11 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 # rendering styles: "plain" is the dataset's look; the others are looks the shipped model never saw, for
 # fine-tuning experiments (a LoRA): "light" paints every background light grey (captions keep their words; the
 # shipped VAE, which never saw a light frame, decodes it as magenta and loses the objects), "slow" moves every object
-# at SLOW_SPEED times its speed and "fast" at FAST_SPEED times (motion styles: the frames are ones the VAE knows)
-STYLES = ("plain", "light", "slow", "fast")
+# at SLOW_SPEED times its speed and "mild" at MILD_SPEED times (motion styles: the frames are ones the VAE knows)
+STYLES = ("plain", "light", "slow", "mild")
 LIGHT_BACKGROUND = (160, 160, 165)  # >= 140 RGB levels from every palette colour, as bright as none of BACKGROUNDS
 SLOW_SPEED = 0.4  # 0.08-0.14 shorter sides per second: below every speed the dataset draws (SPEED_RANGE)
-FAST_SPEED = 1.8  # 0.36-0.63 shorter sides per second: above every speed the dataset draws
+MILD_SPEED = 0.55  # 0.11-0.19 shorter sides per second: also below every speed the dataset draws, by less
 SHAPES = ("circle", "square", "triangle")
 SIZES: dict[str, float] = {"small": 0.09, "large": 0.16}  # half-extent as a fraction of the shorter side
 # unit direction in image coordinates (x right, y down)
@@ -226,7 +226,7 @@ def render_clip(
         frames = int(round(seconds * fps))
     if frames < 1 or h < 8 or w < 8:
         raise DataError(f"render_clip needs at least one frame of 8x8 pixels, got {frames} frames of {w}x{h}")
-    times = np.arange(frames) / fps * {"slow": SLOW_SPEED, "fast": FAST_SPEED}.get(style, 1.0)
+    times = np.arange(frames) / fps * {"slow": SLOW_SPEED, "mild": MILD_SPEED}.get(style, 1.0)
     out = np.empty((frames, h, w, 3), np.uint8)
     if style not in STYLES:
         raise DataError(f"style must be one of {', '.join(STYLES)}, got '{style}'")

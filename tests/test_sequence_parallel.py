@@ -105,21 +105,6 @@ from videodit.config import load_config  # noqa: E402
 from videodit.train import TrainError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def vae_ckpt(tmp_path_factory) -> Path:
-    """A random-init tiny VAE checkpoint (as test_train's): it turns the shapes clips into latents."""
-    from videodit.checkpoint import save_module, write_config
-    from videodit.config import Config
-    from videodit.vae import VideoVAE
-
-    folder = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    cfg = Config()
-    save_module(VideoVAE(cfg.vae), folder / "vae.safetensors")
-    write_config(cfg, folder)
-    return folder
-
-
 def sp_args(vae_ckpt: Path, out: Path, steps: int, **extra) -> list[str]:
     """test_train's tiny run on clips of 13 frames: 4 latent frames x 16 tokens (2 chunks), splits over 2 and 4."""
     return overrides(vae_ckpt, out, steps=steps, **{"data.frames": 13, "train.ckpt_every": 100, **extra})

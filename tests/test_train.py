@@ -13,27 +13,15 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from videodit.checkpoint import CheckpointError, save_module, write_config  # noqa: E402
-from videodit.config import Config, ConfigError, load_config  # noqa: E402
+from videodit.checkpoint import CheckpointError  # noqa: E402
+from videodit.config import ConfigError, load_config  # noqa: E402
 from videodit.dit import DiT  # noqa: E402
 from videodit.train import TrainError  # noqa: E402
 from videodit.train.batches import BatchPlan, global_batch_indices  # noqa: E402
 from videodit.train.distributed import Dist  # noqa: E402
 from videodit.train.trainer import EMA, Trainer  # noqa: E402
 from videodit.train.trainer import run as train_run  # noqa: E402
-from videodit.vae import VideoVAE  # noqa: E402
 from videodit.video_io import DataError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def vae_ckpt(tmp_path_factory) -> Path:
-    """A random-init tiny VAE checkpoint: enough to turn clips into latents for DiT training tests."""
-    folder = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    cfg = Config()
-    save_module(VideoVAE(cfg.vae), folder / "vae.safetensors")
-    write_config(cfg, folder)
-    return folder
 
 
 def overrides(vae_ckpt: Path, out: Path, steps: int = 6, **extra) -> list[str]:

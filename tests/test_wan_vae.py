@@ -23,18 +23,6 @@ TINY = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny"  # its text 
 SIZES = [(1, 16, 24), (5, 24, 16), (9, 16, 24)]  # (T, H, W): 1 + 4k frames, non-square
 
 
-@pytest.fixture(scope="module")
-def ref() -> AutoencoderKLWan:
-    """Wan 2.1's structure (2 res blocks per encoder stage, 3 per decoder stage, mid attention, temporal down-sampling
-    (False, True, True), z 16) at base 8; every weight perturbed, the norms' gains too, so a mis-mapped tensor shows."""
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=16).eval()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return vae
-
-
 def original_layout(state: dict[str, torch.Tensor], nres: int) -> dict[str, torch.Tensor]:
     """diffusers' key names -> Wan-Video/Wan2.1's (wan/modules/vae.py): written from that file's module tree, apart
     from the converter's table."""
@@ -64,10 +52,10 @@ def original_layout(state: dict[str, torch.Tensor], nres: int) -> dict[str, torc
 
 
 @pytest.fixture(scope="module")
-def folders(ref, tmp_path_factory):
+def folders(wan_ref, tmp_path_factory):
     root = tmp_path_factory.mktemp("wan")
-    ref.save_pretrained(root / "diffusers")
-    torch.save(original_layout(ref.state_dict(), 2), root / "Wan2.1_VAE.pth")
+    wan_ref.save_pretrained(root / "diffusers")
+    torch.save(original_layout(wan_ref.state_dict(), 2), root / "Wan2.1_VAE.pth")
     convert_wan_vae(root / "diffusers", root / "from_diffusers")
     convert_wan_vae(root / "Wan2.1_VAE.pth", root / "from_pth")
     return root
@@ -90,10 +78,10 @@ def stream(step, x: torch.Tensor, chunks: list[int], cache) -> torch.Tensor:
 
 @torch.no_grad()
 @pytest.mark.parametrize("T,H,W", SIZES)
-def test_encode_and_decode_equal_diffusers_whole_and_streamed(ref, ours, T, H, W):
+def test_encode_and_decode_equal_diffusers_whole_and_streamed(wan_ref, ours, T, H, W):
     torch.manual_seed(T)
     x = torch.rand(2, 3, T, H, W) * 2 - 1
-    want = ref.encode(x).latent_dist
+    want = wan_ref.encode(x).latent_dist
     post, _ = ours.encode(x, ours.init_cache())
     assert post.mean.shape == want.mean.shape == (2, 16, 1 + (T - 1) // 4, H // 8, W // 8)
     assert torch.allclose(post.mean, want.mean, atol=ATOL) and torch.allclose(post.logvar, want.logvar, atol=ATOL)
@@ -104,7 +92,7 @@ def test_encode_and_decode_equal_diffusers_whole_and_streamed(ref, ours, T, H, W
     assert torch.allclose(encode_video(ours, x, chunk_frames=4, tile=0), want.mean, atol=ATOL)
 
     z = want.mean
-    frames = ref.decode(z).sample  # clamped to [-1, 1], as ours
+    frames = wan_ref.decode(z).sample  # clamped to [-1, 1], as ours
     assert 0.5 < (frames.abs() < 1).float().mean()  # not all saturated: the comparison sees values
     got, _ = ours.decode(z, ours.init_cache())
     assert got.shape == frames.shape == (2, 3, T, H, W) and torch.allclose(got, frames, atol=ATOL)
@@ -136,14 +124,14 @@ def test_causal_latents_and_frames_depend_on_the_past_only(folders):
         assert not torch.allclose(f2[:, :, n:], frames[:, :, n:], atol=1e-3)
 
 
-def test_converted_config_is_wan21_with_diffusers_statistics(ref, folders):
+def test_converted_config_is_wan21_with_diffusers_statistics(wan_ref, folders):
     for name in ("from_diffusers", "from_pth"):
         cfg = read_config(folders / name)
         v = cfg.vae
         assert (v.arch, v.base_channels, v.channel_mults, v.num_res_blocks, v.temporal_down, v.latent_channels) == (
             "wan21", 8, (1, 2, 4, 4), 2, (False, True, True), 16)
-        assert v.latent_mean == pytest.approx(ref.config.latents_mean) and v.latent_std == pytest.approx(
-            ref.config.latents_std)
+        assert v.latent_mean == pytest.approx(wan_ref.config.latents_mean) and v.latent_std == pytest.approx(
+            wan_ref.config.latents_std)
         assert cfg.model.in_channels == 16
     # the preset is the released configuration, with diffusers' statistics
     released = from_dict({"vae": {"preset": "wan21"}}).vae
@@ -154,16 +142,16 @@ def test_converted_config_is_wan21_with_diffusers_statistics(ref, folders):
 
 
 @torch.no_grad()
-def test_latent_statistics_reach_the_dit(ref, folders):
+def test_latent_statistics_reach_the_dit(wan_ref, folders):
     """Normalised latents are diffusers' Wan pipeline's (z - mean) / std; training encodes clips to them and
     estimates no scalar on top; generation maps them back before decoding."""
     from videodit.data.datasets import ShapesDataset, collate
     from videodit.train.tasks import DiTTask
 
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
-    z = ref.encode(x).latent_dist.mean
-    mean = torch.tensor(ref.config.latents_mean).view(1, 16, 1, 1, 1)
-    std = torch.tensor(ref.config.latents_std).view(1, 16, 1, 1, 1)
+    z = wan_ref.encode(x).latent_dist.mean
+    mean = torch.tensor(wan_ref.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(wan_ref.config.latents_std).view(1, 16, 1, 1, 1)
     cfg = read_config(folders / "from_diffusers").vae
     assert torch.allclose(normalize_latents(z, cfg), (z - mean) / std, atol=1e-6)
     assert torch.allclose(denormalize_latents(normalize_latents(z, cfg), cfg), z, atol=1e-5)
@@ -178,11 +166,11 @@ def test_latent_statistics_reach_the_dit(ref, folders):
     task.estimate_latent_stats(ds)
     assert (run.flow.latent_scale, run.flow.latent_shift) == (1.0, 0.0)
     batch = collate([ds[0]])
-    want = (ref.encode(batch["video"]).latent_dist.mean - mean) / std
+    want = (wan_ref.encode(batch["video"]).latent_dist.mean - mean) / std
     assert torch.allclose(task.latents(batch), want, atol=ATOL)
 
 
-def test_videodit_data_cache_loads_a_converted_folder(ref, folders):
+def test_videodit_data_cache_loads_a_converted_folder(wan_ref, folders):
     from videodit.data.cache import cache
     from videodit.data.datasets import ShapesDataset, ShardDataset
 
@@ -192,7 +180,7 @@ def test_videodit_data_cache_loads_a_converted_folder(ref, folders):
     ds = ShardDataset(out)
     clip = ShapesDataset(num=2, frames=5, size=16, fps=8, seed=0)[1]
     with torch.no_grad():
-        want = ref.encode(clip["video"][None]).latent_dist.mean[0]
+        want = wan_ref.encode(clip["video"][None]).latent_dist.mean[0]
     assert len(ds) == 2 and torch.allclose(ds[1]["latents"], want, atol=ATOL)  # raw latents, as the shards keep
 
 
@@ -203,8 +191,8 @@ def test_videodit_data_cache_loads_a_converted_folder(ref, folders):
     ("other_model", "is not a Wan 2.1 VAE"),
     ("shape", "has shape"),
 ])
-def test_converter_errors_are_one_line_and_write_nothing(ref, tmp_path, capsys, damage, needle):
-    state = original_layout(ref.state_dict(), 2)
+def test_converter_errors_are_one_line_and_write_nothing(wan_ref, tmp_path, capsys, damage, needle):
+    state = original_layout(wan_ref.state_dict(), 2)
     src = tmp_path / "Wan2.1_VAE.pth"
     if damage == "missing":
         del state["decoder.upsamples.13.residual.2.weight"]
@@ -225,7 +213,7 @@ def test_converter_errors_are_one_line_and_write_nothing(ref, tmp_path, capsys, 
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["Wan2.1_VAE.pth"]  # no temp left
 
 
-def test_converter_refuses_other_diffusers_models_and_a_full_out(ref, folders, tmp_path, capsys):
+def test_converter_refuses_other_diffusers_models_and_a_full_out(wan_ref, folders, tmp_path, capsys):
     cfg_path = folders / "diffusers" / "config.json"
     other = tmp_path / "wan22"
     other.mkdir()
@@ -251,7 +239,7 @@ def test_config_checks():
 
 
 @torch.no_grad()
-def test_bf16_runs_close_to_fp32_as_diffusers_bf16_does(ref, folders):
+def test_bf16_runs_close_to_fp32_as_diffusers_bf16_does(wan_ref, folders):
     vae = load_vae(folders / "from_diffusers")
     x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
     z32, _ = vae.encode(x, vae.init_cache())
@@ -261,7 +249,7 @@ def test_bf16_runs_close_to_fp32_as_diffusers_bf16_does(ref, folders):
     f16, _ = vae.decode(z32.mean.bfloat16(), vae.init_cache())
     assert z16.mean.dtype == f16.dtype == torch.bfloat16
     assert (z16.mean.float() - z32.mean).abs().max() < 0.05 * z32.mean.abs().max()
-    theirs = copy.deepcopy(ref).to(torch.bfloat16).decode(z32.mean.bfloat16()).sample
+    theirs = copy.deepcopy(wan_ref).to(torch.bfloat16).decode(z32.mean.bfloat16()).sample
     ours_err, their_err = (f16.float() - f32).abs().mean(), (theirs.float() - f32).abs().mean()
     assert ours_err < 0.02 and ours_err < 1.5 * their_err, (ours_err, their_err)
 

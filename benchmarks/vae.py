@@ -62,25 +62,26 @@ def build_vae(args) -> VideoVAE:
     return VideoVAE(VAEConfig(preset=args.preset, **VAE_PRESETS[args.preset])).eval()
 
 
-def peak_rss_mb() -> float:
-    """Peak RSS since the last reset_peak_rss() (Linux VmHWM), else since the process started."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MB; None where there is none (not Linux)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS since the last reset_peak_rss() (Linux VmHWM), else since the process started."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return peak_rss_mb()
+    rss = _status_mb("VmRSS")
+    return rss if rss is not None else peak_rss_mb()
 
 
 def reset_peak_rss() -> None:

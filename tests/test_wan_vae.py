@@ -291,3 +291,29 @@ def test_upsampling_kernels_compute_the_same_frames(folders):
     a, _ = vae.set_kernels("interp").decode(z, vae.init_cache())
     b, _ = vae.set_kernels("transposed").decode(z, vae.init_cache())
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_add_in_place_equals_conv_then_add_and_keeps_autograd(dtype):
+    from videodit.vae import _conv, _conv_add
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(6, 5, 3, padding=(0, 1, 1)).to(dtype)
+    cl = torch.channels_last_3d
+    x = torch.randn(1, 6, 6, 8, 10).to(dtype).contiguous(memory_format=cl)
+    acc = torch.randn(1, 5, 4, 8, 10).to(dtype).contiguous(memory_format=cl)
+    want = acc.float() + torch.nn.functional.conv3d(x.float(), conv.weight.float(), conv.bias.float(),
+                                                    padding=(0, 1, 1))
+    with torch.no_grad():
+        got = _conv_add(acc.clone(), x, conv)
+    tol = 1e-5 if dtype == torch.float32 else 0.05
+    assert got.dtype == dtype and (got.float() - want).abs().max() < tol
+    # with autograd: a new tensor, the same value, and the gradient of conv-then-add
+    a = acc.clone().requires_grad_()
+    y = _conv_add(a, x, conv)
+    y.float().square().sum().backward()
+    assert (y.detach().float() - want).abs().max() < tol
+    g = conv.weight.grad.clone()
+    conv.weight.grad = None
+    (acc + _conv(x, conv)).float().square().sum().backward()
+    assert (g.float() - conv.weight.grad.float()).abs().max() <= 1e-3 * conv.weight.grad.float().abs().max() + tol

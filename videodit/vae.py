@@ -114,6 +114,49 @@ def _conv(x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
     return conv._conv_forward(x, conv.weight, conv.bias)  # the plain convolution, also for subclasses with a forward
 
 
+_FUSED_ADD: dict[torch.dtype, bool] = {}  # dtype -> whether oneDNN's in-place conv + add works in this build
+
+
+def _fused_add_works(dtype: torch.dtype) -> bool:
+    """Probe once per dtype, on a tiny conv, that oneDNN's `acc += conv(x)` (mkldnn::_convolution_pointwise_, its
+    "add" post-op) exists in this build and computes what conv-then-add computes."""
+    if dtype not in _FUSED_ADD:
+        ok = False
+        try:
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(1, 4, 3, 4, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+            w = torch.randn(4, 4, 3, 3, 3, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+            b = torch.randn(4, generator=g).to(dtype)
+            acc = torch.randn(1, 4, 1, 4, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+            want = acc.float() + F.conv3d(x.float(), w.float(), b.float(), padding=(0, 1, 1))
+            got = torch.ops.mkldnn._convolution_pointwise_.binary(
+                acc.clone(), x, w, b, [0, 1, 1], [1, 1, 1], [1, 1, 1], 1, "add", 1.0, None, [], None)
+            ok = bool((got.float() - want).abs().max() <= 0.1 * want.abs().max())
+        except (RuntimeError, AttributeError, NotImplementedError):
+            ok = False
+        _FUSED_ADD[dtype] = ok
+    return _FUSED_ADD[dtype]
+
+
+def _conv_add(acc: Tensor, x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
+    """acc + conv(x). Without autograd on CPU (fp32 or bf16, oneDNN), oneDNN adds the conv's result into acc in
+    place as the conv writes it (its "add" post-op): no output tensor to allocate, no separate addition pass, and in
+    bf16 one rounding instead of two. acc is then modified and returned; otherwise a new tensor."""
+    fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    mkldnn = torch.backends.mkldnn
+    if (
+        not (torch.is_grad_enabled() and (acc.requires_grad or x.requires_grad or conv.weight.requires_grad))
+        and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and acc.dtype == x.dtype
+        and mkldnn.is_available() and mkldnn.enabled and acc.numel() > 0
+        and acc.is_contiguous(memory_format=fmt) and x.is_contiguous(memory_format=fmt)
+        and _fused_add_works(x.dtype)
+    ):
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            acc, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+            "add", 1.0, None, [], None)
+    return acc + _conv(x, conv)
+
+
 class ChannelRMSNorm(nn.Module):
     """RMSNorm over channels at each (t, h, w): per frame and per pixel, hence causal and chunk-exact."""
 

@@ -38,6 +38,7 @@ from videodit.vae import (
     VideoVAE,
     _channels_last,
     _conv,
+    _conv_add,
     _per_frame,
 )
 
@@ -51,55 +52,80 @@ class RMSNorm(nn.Module):
         self.gain = nn.Parameter(torch.ones(channels))
 
     def _scale(self, xl: Tensor) -> Tensor:
-        """sqrt(C) / max(||x||, 1e-12) per pixel of the channels-last view xl (B, T, H, W, C), in xl's dtype."""
-        norm = torch.linalg.vector_norm(xl, dim=-1, keepdim=True, dtype=torch.float32)
+        """sqrt(C) / max(||x||, 1e-12) per pixel of the channels-last view xl (B, T, H, W, C), in xl's dtype. The
+        norm accumulates in fp32 whatever the dtype; in bf16 it is read back as bf16 (an fp32 copy of the whole
+        activation costs more than the norm itself on CPU) and the scale is formed in fp32 from it."""
+        norm = torch.linalg.vector_norm(xl, dim=-1, keepdim=True).float()  # (B, T, H, W, 1)
         return (xl.shape[-1] ** 0.5 / norm.clamp_min(1e-12)).to(xl.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         xl = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a contiguous view of the channels-last activation
         return (xl * self._scale(xl) * self.gain.to(x.dtype)).permute(0, 4, 1, 2, 3)
 
-    def act(self, x: Tensor) -> Tensor:
-        """SiLU(norm(x)), the pair every conv is preceded by. Without autograd, in place on one fresh tensor: three
-        passes over the activation where F.rms_norm + silu make six on CPU."""
+    def act(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """SiLU(norm(x)), the pair every conv is preceded by, as (B, C, T, H, W) channels-last. Without autograd it
+        is three passes over one tensor (F.rms_norm + silu make six on CPU), written into `out` when given (a
+        contiguous (B, T, H, W, C) tensor, e.g. the frames of a conv input after its past)."""
         if torch.is_grad_enabled() and (x.requires_grad or self.gain.requires_grad):
-            return F.silu(self(x))
+            y = F.silu(self(x))
+            if out is None:
+                return y
+            out.copy_(y.permute(0, 2, 3, 4, 1))
+            return out.permute(0, 4, 1, 2, 3)
         xl = x.permute(0, 2, 3, 4, 1)
-        y = torch.mul(xl, self._scale(xl)).mul_(self.gain.to(x.dtype))
+        y = torch.mul(xl, self._scale(xl), out=out) if out is not None else torch.mul(xl, self._scale(xl))
+        y.mul_(self.gain.to(x.dtype))
         return F.silu(y, inplace=True).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
 
 
-def _windows(x: Tensor, past: Tensor, conv: nn.Conv3d, key: str, cache: dict[str, Tensor] | None) -> Tensor:
-    """`conv` over the frames [past, x], valid in time (stride conv.stride[0]); with a cache, the frames not yet
-    consumed by a window are kept under `key` for the next chunk."""
+def _with_past(past: Tensor, x: Tensor, norm: RMSNorm | None = None) -> Tensor:
+    """The frames [past, x] (x through norm.act when a norm is given) as one channels-last (B, C, P + T, H, W) tensor:
+    each part is written once into the new tensor, so the conv input costs no concatenation pass."""
+    B, C, T, H, W = x.shape
+    P = past.shape[2]
+    buf = x.new_empty(B, P + T, H, W, C)  # the memory of a channels-last (B, C, P + T, H, W) tensor
+    buf[:, :P].copy_(past.permute(0, 2, 3, 4, 1))
+    if norm is None:
+        buf[:, P:].copy_(x.permute(0, 2, 3, 4, 1))
+    else:
+        norm.act(x, out=buf[:, P:])
+    return buf.permute(0, 4, 1, 2, 3)
+
+
+def _windows(xp: Tensor, conv: nn.Conv3d, key: str, cache: dict[str, Tensor] | None,
+             add_to: Tensor | None = None) -> Tensor:
+    """`conv` over the frames xp = [past, x] (from `_with_past`), valid in time (stride conv.stride[0]); with a
+    cache, the frames not yet consumed by a window are kept under `key` for the next chunk. With `add_to`, the
+    result is added to it (in place where `_conv_add` can)."""
     kt, st = conv.kernel_size[0], conv.stride[0]
-    # both parts channels-last, so the concatenation is one contiguous copy in that layout (see vae.CausalConv3d)
-    xp = _channels_last(torch.cat([_channels_last(past), _channels_last(x)], dim=2))  # (B, C, P + T, H, W)
     n = max(0, (xp.shape[2] - kt) // st + 1)  # complete windows
     if cache is not None:
         cache[key] = xp[:, :, n * st :].clone()  # a clone: a view would keep the whole chunk alive
     if n == 0:
-        B, _, _, H, W = x.shape
-        return x.new_zeros(B, conv.out_channels, 0, H, W)
-    return _conv(xp[:, :, : (n - 1) * st + kt], conv)  # (B, C', n, H, W)
+        B, _, _, H, W = xp.shape
+        return xp.new_zeros(B, conv.out_channels, 0, H, W) if add_to is None else add_to
+    xw = xp[:, :, : (n - 1) * st + kt]
+    return _conv(xw, conv) if add_to is None else _conv_add(add_to, xw, conv)  # (B, C', n, H, W)
 
 
 class CausalConv(nn.Conv3d):
     """A (kt, k, k) conv, causal in time with a zero past (Wan's padding), zero-padded in space; the weights are
-    the plain Conv3d's."""
+    the plain Conv3d's. `norm` (applied as norm.act to x, not to the past, which is cached after it) and `add_to`
+    fuse the ops around it without changing what is computed."""
 
     def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int, int] = (3, 3, 3)):
         kt, kh, kw = kernel
         super().__init__(c_in, c_out, kernel, padding=(0, kh // 2, kw // 2))
         self.key = ""  # the module path; WanVAE sets it so the cache can find this conv's past frames
 
-    def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, cache: dict[str, Tensor] | None, norm: RMSNorm | None = None,
+                add_to: Tensor | None = None) -> Tensor:
         assert self.key, "CausalConv.key is set by WanVAE; build it inside a WanVAE"
         past = None if cache is None else cache.get(self.key)
         if past is None:  # the start of the video: a zero past
             B, C, _, H, W = x.shape
             past = x.new_zeros(B, C, self.kernel_size[0] - 1, H, W)
-        return _windows(x, past, self, self.key, cache)
+        return _windows(_with_past(past, x, norm), self, self.key, cache, add_to)
 
 
 class ResBlock(nn.Module):
@@ -114,9 +140,11 @@ class ResBlock(nn.Module):
         self.shortcut = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: Tensor, cache: dict[str, Tensor] | None) -> Tensor:
-        h = self.conv1(self.norm1.act(x), cache)  # (B, C', T, H, W)
-        h = self.conv2(self.norm2.act(h), cache)
-        return (x if self.shortcut is None else _conv(x, self.shortcut)) + h
+        h = self.conv1(x, cache, self.norm1)  # (B, C', T, H, W)
+        skip = x if self.shortcut is None else _conv(x, self.shortcut)
+        # the second conv adds into the skip path: in inference in place, into this block's input (every block's
+        # input is the previous layer's fresh output, used by nothing after this block)
+        return self.conv2(h, cache, self.norm2, add_to=skip)
 
 
 class Attention(nn.Module):
@@ -160,9 +188,9 @@ class TimeDown(nn.Module):
         assert self.key, "TimeDown.key is set by WanVAE"
         pending = None if cache is None else cache.get(self.key)
         if pending is not None:
-            return _windows(x, pending, self.conv, self.key, cache)
+            return _windows(_with_past(pending, x), self.conv, self.key, cache)
         # the start of the video: frame 0 is output as it is, and opens the first window
-        y = _windows(x, x[:, :, :0], self.conv, self.key, cache)  # (B, C, (T - 1) / 2, H, W)
+        y = _windows(_channels_last(x), self.conv, self.key, cache)  # (B, C, (T - 1) / 2, H, W)
         return _channels_last(torch.cat([x[:, :, :1], y], dim=2))  # (B, C, 1 + (T - 1) / 2, H, W)
 
 
@@ -184,7 +212,8 @@ class TimeUp(nn.Module):
             head, x = x[:, :, :1], x[:, :, 1:]
             B, C, _, H, W = head.shape
             past = head.new_zeros(B, C, 2, H, W)
-        delta = _windows(x, past, self.conv, self.key, cache)  # (B, 2C, T, H, W), channel r C + c -> frame 2t + r
+        # (B, 2C, T, H, W): channel r C + c -> frame 2t + r
+        delta = _windows(_with_past(past, x), self.conv, self.key, cache)
         B, C2, T, H, W = delta.shape
         C = C2 // 2
         # written straight into the channels-last output, (B, T_out, H, W, C) in memory: one pass
@@ -226,7 +255,7 @@ class Encoder(nn.Module):
         h = self.conv_in(_channels_last(x), cache)  # (B, c0, T, H, W)
         for block in self.blocks:
             h = block(h, cache)
-        return self.conv_out(self.norm_out.act(h), cache)  # (B, 2 z, T', h, w)
+        return self.conv_out(h, cache, self.norm_out)  # (B, 2 z, T', h, w)
 
 
 class Decoder(nn.Module):
@@ -255,7 +284,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z, cache)  # (B, c3, T', h, w)
         for block in self.blocks:
             h = block(h, cache)
-        return self.conv_out(self.norm_out.act(h), cache)  # (B, 3, T, H, W)
+        return self.conv_out(h, cache, self.norm_out)  # (B, 3, T, H, W)
 
 
 class WanVAE(StreamingVAE):

@@ -1,8 +1,8 @@
 """The causal video VAEs: memory flat in length, speed against diffusers' AutoencoderKLWan, PSNR.
 
     python benchmarks/vae.py [--checkpoint DIR] [--preset tiny] [--frames 33] [--size 64] [--repeats 3]
-                             [--wan-sizes 17x64x64,33x128x128] [--wan-repeats 3] [--no-wan]
-    python benchmarks/vae.py --device cuda --dtype bf16 --wan-sizes 81x480x832 --wan-budget-mb 16384
+                             [--wan-sizes 17x64x64,33x128x128] [--wan-repeats 3] [--wan-dtypes fp32,bf16] [--no-wan]
+    python benchmarks/vae.py --device cuda --dtype bf16 --wan-dtypes bf16 --wan-sizes 81x480x832 --wan-budget-mb 16384
 
 1. Memory: peak RSS of a streaming decode of 5 s and of 60 s of video (8 fps, 64x64: 40 and 480 frames) by this
    project's VAE (--checkpoint or --preset), latent chunks of 1 s fed one by one as the sampler does, frames turned
@@ -19,13 +19,15 @@
    decode(z).sample), timed in this process in pairs (ours and diffusers alternately, --wan-repeats, median, after
    a warm-up), their outputs compared; peak memory of each (model, input, one call) in a fresh subprocess per
    (implementation, operation, size): peak RSS on CPU (VmHWM reset after loading), max_memory_allocated on CUDA;
-   and the streaming decode of 60 s vs 5 s (as in 1) by our WanVAE.
+   and the streaming decode of 60 s vs 5 s (as in 1) by our WanVAE. All of it once per --wan-dtypes entry (the
+   streaming decode at the first only); below fp32 each one's mean error against diffusers in fp32 is reported too.
 
 Last line: one JSON object: mem_ratio_60s_vs_5s, wanarch_same_width_time_ratio, psnr_shapes_db, psnr_real_db, and
 (unless --no-wan) wan21_time_ratio_vs_diffusers (ours / diffusers, encode + decode over all sizes; goal <= 0.5),
 wan21_encode_ratio, wan21_decode_ratio, wan21_decode_speedup_vs_diffusers (decode frames/s, largest size),
 wan21_mem_ratio_60s_vs_5s (goal <= 1.2), wan21_peak_ratio_vs_diffusers (largest of ours / diffusers peak memory
-over sizes and operations), wan21_max_abs_diff and the per-size figures (wan21_sizes).
+over sizes and operations), wan21_max_abs_diff and the per-size figures (wan21_sizes); the same keys as
+wan21_bf16_* for a bf16 pass, with wan21_bf16_{encode,decode}_mean_err_vs_fp32_{ours,diffusers}.
 """
 
 from __future__ import annotations
@@ -258,6 +260,10 @@ def wan21_speed(args, root: Path, sizes: list[tuple[int, int, int]]) -> dict:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pair = Wan21Pair(root, device, dtype, args.wan_budget_mb)
+    reference = None
+    if dtype != torch.float32:
+        fp32 = Wan21Pair(root, device, torch.float32, args.wan_budget_mb, which="diffusers")
+        reference = lambda op, x, z: fp32.call("diffusers", op, x.float(), z.float()).float()
     out: dict = {"params": sum(p.numel() for p in pair.ours.parameters()),
                  "params_diffusers": sum(p.numel() for p in pair.diffusers.parameters()), "sizes": {}}
     for T, H, W in sizes:
@@ -268,6 +274,11 @@ def wan21_speed(args, root: Path, sizes: list[tuple[int, int, int]]) -> dict:
                 a, b = pair.call("ours", op, x, z), pair.call("diffusers", op, x, z)  # also the warm-up
                 sync()
                 row[f"{op}_max_abs_diff"] = float((a.float() - b.float()).abs().max())
+                if reference is not None:  # below fp32: each one's mean error against diffusers in fp32
+                    ref = reference(op, x, z)
+                    row[f"{op}_mean_err_vs_fp32_ours"] = float((a.float() - ref).abs().mean())
+                    row[f"{op}_mean_err_vs_fp32_diffusers"] = float((b.float() - ref).abs().mean())
+                    del ref
                 del a, b
                 times: dict[str, list[float]] = {"ours": [], "diffusers": []}
                 for r in range(args.wan_repeats):
@@ -335,7 +346,9 @@ def wan21_memory(args, root: Path, sizes: list[tuple[int, int, int]]) -> dict:
     return out
 
 
-def wan21(args) -> dict:
+def wan21(args, stream: bool = True) -> dict:
+    """Section 3 at args.dtype; keys wan21_* for fp32, wan21_<dtype>_* otherwise. `stream`: also the streaming
+    decode memory (60 s vs 5 s)."""
     sizes = parse_sizes(args.wan_sizes)
     root = Path(tempfile.mkdtemp(prefix="wan21_bench_"))
     try:
@@ -346,12 +359,15 @@ def wan21(args) -> dict:
         sp = wan21_speed(args, root, sizes)
         print("peak memory of one call, each in a fresh process (model + input before it):", flush=True)
         mem = wan21_memory(args, root, sizes)
-        print("streaming decode by our WanVAE:", flush=True)
-        m = memory(args, str(root / "ours"))
+        if stream:
+            print("streaming decode by our WanVAE:", flush=True)
+            m = memory(args, str(root / "ours"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    stream_ratio = print_memory(f"streaming decode, Wan 2.1 VAE, {args.mem_size}x{args.mem_size}, 1-s latent chunks "
-                                f"(fresh process each)", m[5], m[60])
+    stream_ratio = None
+    if stream:
+        stream_ratio = print_memory(f"streaming decode, Wan 2.1 VAE, {args.mem_size}x{args.mem_size}, 1-s latent "
+                                    f"chunks (fresh process each)", m[5], m[60])
     rows = sp["sizes"]
     tot = {f"{impl}_{op}": sum(r[f"{impl}_{op}_s"] for r in rows.values())
            for impl in ("ours", "diffusers") for op in ("encode", "decode")}
@@ -371,20 +387,32 @@ def wan21(args) -> dict:
     print(f"time ours / diffusers, encode + decode over all sizes: {ratio:.3f} (goal <= 0.5); encode {enc:.3f}, "
           f"decode {dec:.3f}; decode {largest}: ours {rows[largest]['decode_fps_ours']:.2f} vs diffusers "
           f"{rows[largest]['decode_fps_diffusers']:.2f} frames/s")
-    print("peak memory ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in peak_ratios.items()) + "\n")
-    rnd = lambda v: float(f"{v:.4g}")
-    return dict(
-        wan21_time_ratio_vs_diffusers=rnd(ratio),
-        wan21_encode_ratio=rnd(enc),
-        wan21_decode_ratio=rnd(dec),
-        wan21_decode_speedup_vs_diffusers=rnd(rows[largest]["decode_fps_ours"] / rows[largest]["decode_fps_diffusers"]),
-        wan21_mem_ratio_60s_vs_5s=rnd(stream_ratio),
-        wan21_peak_ratio_vs_diffusers=rnd(max(peak_ratios.values())),
-        wan21_max_abs_diff=max(r[f"{op}_max_abs_diff"] for r in rows.values() for op in ("encode", "decode")),
-        wan21_sizes={size: {k: rnd(v) for k, v in r.items()} | {
+    print("peak memory ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in peak_ratios.items()))
+    errs = {}
+    if args.dtype != "fp32":
+        errs = {f"{op}_mean_err_vs_fp32_{impl}": max(r[f"{op}_mean_err_vs_fp32_{impl}"] for r in rows.values())
+                for op in ("encode", "decode") for impl in ("ours", "diffusers")}
+        print(f"{args.dtype} mean |error| against diffusers in fp32, worst size: " + ", ".join(
+            f"{op} ours {errs[f'{op}_mean_err_vs_fp32_ours']:.2e} / diffusers "
+            f"{errs[f'{op}_mean_err_vs_fp32_diffusers']:.2e}" for op in ("encode", "decode")))
+    print()
+    rnd = lambda v: None if v is None else float(f"{v:.4g}")
+    res = dict(
+        time_ratio_vs_diffusers=rnd(ratio),
+        encode_ratio=rnd(enc),
+        decode_ratio=rnd(dec),
+        decode_speedup_vs_diffusers=rnd(rows[largest]["decode_fps_ours"] / rows[largest]["decode_fps_diffusers"]),
+        peak_ratio_vs_diffusers=rnd(max(peak_ratios.values())),
+        max_abs_diff=max(r[f"{op}_max_abs_diff"] for r in rows.values() for op in ("encode", "decode")),
+        **{k: rnd(v) for k, v in errs.items()},
+        sizes={size: {k: rnd(v) for k, v in r.items()} | {
             f"peak_mb_{k}": round(v["peak_mb"]) for k, v in mem[size].items()} for size, r in rows.items()},
-        wan21_params=sp["params"], wan21_device=f"{args.device} {args.dtype}",
+        params=sp["params"], device=f"{args.device} {args.dtype}",
     )
+    if stream:
+        res["mem_ratio_60s_vs_5s"] = rnd(stream_ratio)
+    prefix = "wan21_" if args.dtype == "fp32" else f"wan21_{args.dtype}_"
+    return {prefix + k: v for k, v in res.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -461,6 +489,9 @@ def main() -> None:
     p.add_argument("--wan-budget-mb", type=int, default=1024,
                    help="memory budget of our streaming helpers in the Wan 2.1 comparison (chunks in time, tiles "
                         "in space only when one latent frame's worth does not fit); on a GPU e.g. 16384")
+    p.add_argument("--wan-dtypes", default="fp32,bf16",
+                   help="dtypes of the Wan 2.1 comparison, in turn (keys wan21_* for fp32, wan21_bf16_* for bf16); "
+                        "the streaming memory runs at the first")
     p.add_argument("--no-wan", action="store_true", help="skip the Wan 2.1 comparison (section 3)")
     p.add_argument("--shapes-clips", type=int, default=32, help="held-out shapes clips for PSNR")
     p.add_argument("--psnr-frames", type=int, default=17, help="frames per PSNR clip (1 + 4k)")
@@ -496,7 +527,12 @@ def main() -> None:
     print(f"time ours / Wan-arch at our width: {ratio:.3f}  (decode throughput: ours "
           f"{args.frames / sp['ours_decode_s']:.0f}, Wan-arch {args.frames / sp['wan_decode_s']:.0f} frames/s)\n")
 
-    wan = {} if args.no_wan else wan21(args)
+    wan: dict = {}
+    if not args.no_wan:
+        for i, dt in enumerate(args.wan_dtypes.split(",")):
+            if dt not in ("fp32", "bf16"):
+                raise SystemExit(f"--wan-dtypes: fp32 and/or bf16, got '{dt}'")
+            wan |= wan21(argparse.Namespace(**{**vars(args), "dtype": dt}), stream=i == 0)
 
     p_shapes = p_real = None
     if args.checkpoint:

@@ -162,3 +162,20 @@ def test_cache_with_a_converted_vae_and_no_text_encoder_says_what_to_pass(work, 
     err = capsys.readouterr().err
     assert "holds no text encoder" in err and "pass --text-encoder DIR" in err and err.count("\n") == 1, err
     assert not out.exists()  # nothing written, so the corrected command starts clean
+
+
+def test_cache_with_the_vae_in_bf16_gives_the_fp32_latents_to_bf16_precision(work):
+    """--vae-dtype bfloat16 (the fast path on GPUs and AMX CPUs): the same shards' latents to bf16 precision, stored
+    in --dtype (float32), and recorded in settings.json (a float32 run records nothing new, so old caches resume)."""
+    out = work / "shards_bf16"
+    assert data_main(["cache", str(work / "clips.jsonl"), "--vae", str(work / "wan_vae"), "--text-encoder",
+                      str(work / "t5" / "text_encoder"), "--out", str(out), "--frames", str(FRAMES),
+                      "--size", f"{W}x{H}", "--batch-size", "4", "--vae-dtype", "bfloat16"]) == 0
+    assert json.loads((out / "settings.json").read_text())["vae_dtype"] == "bfloat16"
+    assert "vae_dtype" not in json.loads((work / "shards" / "settings.json").read_text())
+    a, b = ShardDataset(work / "shards"), ShardDataset(out)
+    fp32 = torch.stack([a[i]["latents"] for i in range(len(a))])
+    bf16 = torch.stack([b[i]["latents"] for i in range(len(b))])
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    err = (bf16 - fp32).abs()
+    assert 0 < err.mean() < 0.02 * fp32.abs().mean() and err.max() < 0.1 * fp32.abs().max(), (err.mean(), err.max())

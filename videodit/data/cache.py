@@ -14,7 +14,8 @@ windows are grouped by shape in manifest order and cut into shards of `--shard-s
 rank k mod world_size, so ranks never coordinate. Each shard is a safetensors file written to a temporary
 name and renamed into place:
 
-    latents    (N, C, 1 + (T-1)/4, H/8, W/8)   VAE posterior means (not normalised; the trainer scales them)
+    latents    (N, C, 1 + (T-1)/4, H/8, W/8)   VAE posterior means (not normalised; the trainer scales them),
+                                               computed in --vae-dtype, stored in --dtype
     text_emb   (N, L, D)                       T5 embeddings, zero past each caption, L = the shard's longest
     text_mask  (N, L) bool
 
@@ -260,7 +261,8 @@ def _encode_shard(rows, plan, hw, fps, model, text, store, device, batch_size, w
             skipped.append((j, start, *error))
         if videos:
             with torch.no_grad():
-                latents.append(encode_video(model, torch.stack(videos).to(device)).to(store).cpu())  # (b, C, t, h, w)
+                x = torch.stack(videos).to(device, next(model.parameters()).dtype)  # the VAE's compute dtype
+                latents.append(encode_video(model, x).to(store).cpu())  # (b, C, t, h, w)
         bar.update(len(batch))
     captions = [rows[j].get("caption", "") for j, _ in good]
     tensors = {}
@@ -295,6 +297,7 @@ def cache(
     world_size: int | None = None,
     device: str | None = None,
     dtype: str = "float32",
+    vae_dtype: str = "float32",
     workers: int = 0,
     max_length: int | None = None,
     max_shards: int | None = None,
@@ -324,6 +327,9 @@ def cache(
     store = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if store is None:
         raise DataError(f"--dtype must be float32, bfloat16 or float16, got '{dtype}'")
+    compute = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(vae_dtype)
+    if compute is None:
+        raise DataError(f"--vae-dtype must be float32 or bfloat16, got '{vae_dtype}'")
     if on_error not in ON_ERROR:
         raise DataError(f"--on-error must be skip or stop, got '{on_error}'")
     rank, world = dist_env(rank, world_size)
@@ -360,7 +366,7 @@ def cache(
         version=INDEX_VERSION, manifest=source, vae=str(Path(vae).resolve()),
         text_encoder=str(Path(text_path).resolve()), frames=frames, size=list(hw), fps=fps,
         shard_size=shard_size, dtype=dtype, max_length=max_length,
-    )  # fmt: skip
+    ) | ({} if vae_dtype == "float32" else dict(vae_dtype=vae_dtype))  # fmt: skip  (caches before it: no key)
     out.mkdir(parents=True, exist_ok=True)
     settings_path = out / "settings.json"
     if settings_path.exists():
@@ -384,7 +390,7 @@ def cache(
             local = int(os.environ.get("LOCAL_RANK", 0))
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
         try:
-            model = load_vae(vae).to(device)
+            model = load_vae(vae).to(device, compute)
             text = load_text_encoder_any(text_path, max_length).to(device)
         except CheckpointError as e:
             raise DataError(str(e)) from e

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--video", help="a clip to continue for --seconds more (any container prep reads)")
     p.add_argument("--keep-input", action="store_true", help="with --video: write the clip, then the continuation")
     p.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="the VAE's compute dtype: bfloat16 decodes several times faster on GPUs and on CPUs with AMX")
+                   help="the VAE's compute dtype: bfloat16 decodes faster on GPUs and on CPUs with AMX")
     p.add_argument("--lora", action="append", default=[],
                    help="a LoRA adapter folder (a LoRA run's export), optionally PATH:SCALE (default 1); repeatable")
     args, rest = p.parse_known_args(argv)

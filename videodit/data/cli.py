@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="default: cuda:$LOCAL_RANK when CUDA is available, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="stored dtype")
     p.add_argument("--vae-dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="the VAE's compute dtype: bfloat16 encodes several times faster on GPUs and on CPUs with "
-                        "AMX, latents within ~1e-3 of float32's (docs/benchmarks.md)")
+                   help="the VAE's compute dtype: bfloat16 is faster on GPUs and on CPUs with AMX (5x for Wan 2.1's "
+                        "VAE on 2 AMX cores), latents within about 1%% of float32's (docs/benchmarks.md)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding clips")
     p.add_argument("--max-length", type=int, help="text tokens kept (default: the encoder's config)")
     p.add_argument("--max-shards", type=int, help="stop after this many shards (the rest on a later run)")

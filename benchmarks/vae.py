@@ -512,6 +512,8 @@ def main() -> None:
         child_decode(args) if args.child_seconds is not None else wan21_child(args)
         return
 
+    if args.device.startswith("cuda"):  # fp32 means fp32 (times and the bf16 runs' reference), not TF32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     t_start = time.perf_counter()
     load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device} ({args.dtype}), "

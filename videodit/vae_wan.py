@@ -73,8 +73,7 @@ class RMSNorm(nn.Module):
             out.copy_(y.permute(0, 2, 3, 4, 1))
             return out.permute(0, 4, 1, 2, 3)
         xl = x.permute(0, 2, 3, 4, 1)
-        y = torch.mul(xl, self._scale(xl), out=out) if out is not None else torch.mul(xl, self._scale(xl))
-        y.mul_(self.gain.to(x.dtype))
+        y = torch.mul(xl, self._scale(xl), out=out).mul_(self.gain.to(x.dtype))  # out None: a new tensor
         return F.silu(y, inplace=True).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
 
 

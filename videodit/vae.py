@@ -121,7 +121,6 @@ def _fused_add_works(dtype: torch.dtype) -> bool:
     """Probe once per dtype, on a tiny conv, that oneDNN's `acc += conv(x)` (mkldnn::_convolution_pointwise_, its
     "add" post-op) exists in this build and computes what conv-then-add computes."""
     if dtype not in _FUSED_ADD:
-        ok = False
         try:
             g = torch.Generator().manual_seed(0)
             x = torch.randn(1, 4, 3, 4, 4, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
@@ -155,6 +154,36 @@ def _conv_add(acc: Tensor, x: Tensor, conv: nn.Conv2d | nn.Conv3d) -> Tensor:
             acc, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
             "add", 1.0, None, [], None)
     return acc + _conv(x, conv)
+
+
+def _with_past(past: Tensor, x: Tensor, norm: nn.Module | None = None) -> Tensor:
+    """The frames [past, x] as one channels-last (B, C, P + T, H, W) tensor, x through norm.act(x, out=...) when a
+    norm is given: each part is written once into the new tensor, so the conv input costs no concatenation pass."""
+    B, C, T, H, W = x.shape
+    P = past.shape[2]
+    buf = x.new_empty(B, P + T, H, W, C)  # the memory of a channels-last (B, C, P + T, H, W) tensor
+    buf[:, :P].copy_(past.permute(0, 2, 3, 4, 1))
+    if norm is None:
+        buf[:, P:].copy_(x.permute(0, 2, 3, 4, 1))
+    else:
+        norm.act(x, out=buf[:, P:])
+    return buf.permute(0, 4, 1, 2, 3)
+
+
+def _windows(xp: Tensor, conv: nn.Conv3d, key: str, cache: dict[str, Tensor] | None,
+             add_to: Tensor | None = None) -> Tensor:
+    """`conv` over the frames xp = [past, x] (from `_with_past`), valid in time (stride conv.stride[0]); with a
+    cache, the frames not yet consumed by a window are kept under `key` for the next chunk. With `add_to`, the
+    result is added to it (in place where `_conv_add` can)."""
+    kt, st = conv.kernel_size[0], conv.stride[0]
+    n = max(0, (xp.shape[2] - kt) // st + 1)  # complete windows
+    if cache is not None:
+        cache[key] = xp[:, :, n * st :].clone()  # a clone: a view would keep the whole chunk alive
+    if n == 0:
+        B, _, _, H, W = xp.shape
+        return xp.new_zeros(B, conv.out_channels, 0, H, W) if add_to is None else add_to
+    xw = xp[:, :, : (n - 1) * st + kt]
+    return _conv(xw, conv) if add_to is None else _conv_add(add_to, xw, conv)  # (B, C', n, H, W)
 
 
 class ChannelRMSNorm(nn.Module):
@@ -200,18 +229,7 @@ class CausalConv3d(nn.Module):
         if past is None:  # start of the video
             assert x.shape[2] > 0, "the first call needs at least one frame"
             past = x[:, :, :1].expand(-1, -1, self.kt - 1, -1, -1)
-        # both parts channels-last, so the concatenation is one contiguous copy in that layout; with an expanded
-        # (or any other layout of) `past`, cat falls back to the default layout and a second, strided copy back
-        # to channels-last follows: two slow passes over every activation, measured as 60% of an H100 decode
-        xp = _channels_last(torch.cat([_channels_last(past), _channels_last(x)], dim=2))  # (B, C, P + T, H, W)
-        n = max(0, (xp.shape[2] - self.kt) // self.stride_t + 1)  # windows that are complete
-        if cache is not None:
-            # clone: a view would keep the whole activation alive and memory would grow with the chunk
-            cache[self.key] = xp[:, :, n * self.stride_t :].clone()
-        if n == 0:
-            B, _, _, H, W = x.shape
-            return x.new_zeros(B, self.conv.out_channels, 0, H, W)
-        return _conv(xp[:, :, : (n - 1) * self.stride_t + self.kt], self.conv)  # (B, C', n, H, W)
+        return _windows(_with_past(past, x), self.conv, self.key, cache)  # (B, C', n, H, W)
 
 
 class ResBlock(nn.Module):

@@ -38,8 +38,9 @@ from videodit.vae import (
     VideoVAE,
     _channels_last,
     _conv,
-    _conv_add,
     _per_frame,
+    _windows,
+    _with_past,
 )
 
 
@@ -75,36 +76,6 @@ class RMSNorm(nn.Module):
         xl = x.permute(0, 2, 3, 4, 1)
         y = torch.mul(xl, self._scale(xl), out=out).mul_(self.gain.to(x.dtype))  # out None: a new tensor
         return F.silu(y, inplace=True).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last memory
-
-
-def _with_past(past: Tensor, x: Tensor, norm: RMSNorm | None = None) -> Tensor:
-    """The frames [past, x] (x through norm.act when a norm is given) as one channels-last (B, C, P + T, H, W) tensor:
-    each part is written once into the new tensor, so the conv input costs no concatenation pass."""
-    B, C, T, H, W = x.shape
-    P = past.shape[2]
-    buf = x.new_empty(B, P + T, H, W, C)  # the memory of a channels-last (B, C, P + T, H, W) tensor
-    buf[:, :P].copy_(past.permute(0, 2, 3, 4, 1))
-    if norm is None:
-        buf[:, P:].copy_(x.permute(0, 2, 3, 4, 1))
-    else:
-        norm.act(x, out=buf[:, P:])
-    return buf.permute(0, 4, 1, 2, 3)
-
-
-def _windows(xp: Tensor, conv: nn.Conv3d, key: str, cache: dict[str, Tensor] | None,
-             add_to: Tensor | None = None) -> Tensor:
-    """`conv` over the frames xp = [past, x] (from `_with_past`), valid in time (stride conv.stride[0]); with a
-    cache, the frames not yet consumed by a window are kept under `key` for the next chunk. With `add_to`, the
-    result is added to it (in place where `_conv_add` can)."""
-    kt, st = conv.kernel_size[0], conv.stride[0]
-    n = max(0, (xp.shape[2] - kt) // st + 1)  # complete windows
-    if cache is not None:
-        cache[key] = xp[:, :, n * st :].clone()  # a clone: a view would keep the whole chunk alive
-    if n == 0:
-        B, _, _, H, W = xp.shape
-        return xp.new_zeros(B, conv.out_channels, 0, H, W) if add_to is None else add_to
-    xw = xp[:, :, : (n - 1) * st + kt]
-    return _conv(xw, conv) if add_to is None else _conv_add(add_to, xw, conv)  # (B, C', n, H, W)
 
 
 class CausalConv(nn.Conv3d):

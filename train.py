@@ -49,4 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 0:
+        from videodit.train.distributed import close_dist
+
+        close_dist()
+    sys.exit(code)

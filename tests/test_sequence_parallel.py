@@ -158,6 +158,9 @@ def main(out: Path, args: list[str]) -> None:
         assert train.main([*base, "--train.steps=3", "--resume=auto", "--train.sequence_parallel=2", *later]) == 0
         if int(os.environ["RANK"]) == 0:
             (folder / "log.txt").write_text(log.getvalue())
+    from videodit.train.distributed import close_dist
+
+    close_dist()
 
 
 @pytest.mark.parametrize(

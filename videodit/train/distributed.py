@@ -53,6 +53,20 @@ def init_dist(use_deepspeed: bool) -> Dist:
     return Dist(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def close_dist() -> None:
+    """The end of a process that trained well: a barrier, then every process group destroyed (DeepSpeed's too,
+    so it forgets its groups). Left to interpreter exit, gloo's worker threads can still hold collective work
+    while Python is torn down, and a finished process dies of SIGABRT ("terminate called without an active
+    exception", pytorch/pytorch#190489): the exit code of a run that wrote its export. Only after success: a
+    rank that failed may leave others inside a collective, where a barrier would wait for ever."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    from deepspeed import comm  # init_dist sets the groups up through DeepSpeed
+
+    (comm if comm.is_initialized() else torch.distributed).destroy_process_group()
+
+
 def import_deepspeed():
     try:
         import deepspeed

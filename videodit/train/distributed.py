@@ -54,17 +54,15 @@ def init_dist(use_deepspeed: bool) -> Dist:
 
 
 def close_dist() -> None:
-    """The end of a process that trained well: a barrier, then every process group destroyed (DeepSpeed's too,
-    so it forgets its groups). Left to interpreter exit, gloo's worker threads can still hold collective work
-    while Python is torn down, and a finished process dies of SIGABRT ("terminate called without an active
-    exception", pytorch/pytorch#190489): the exit code of a run that wrote its export. Only after success: a
-    rank that failed may leave others inside a collective, where a barrier would wait for ever."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    torch.distributed.barrier()
-    from deepspeed import comm  # init_dist sets the groups up through DeepSpeed
+    """The end of a process that trained well: every process group destroyed, through DeepSpeed, which set them up
+    (init_dist) and keeps references to them. Left to interpreter exit, gloo's worker threads outlive Python's
+    teardown, and a finished process can die of SIGABRT ("terminate called without an active exception",
+    pytorch/pytorch#190489): a failed exit code for a run that wrote its export. No barrier: the export ended with
+    one on every rank. Only after success: a rank that failed may leave others inside a collective."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from deepspeed import comm
 
-    (comm if comm.is_initialized() else torch.distributed).destroy_process_group()
+        comm.destroy_process_group()
 
 
 def import_deepspeed():
